@@ -1,0 +1,24 @@
+"""sinq_ao: SINQ (Sinkhorn-Normalized Quantization) as a torchao workflow.
+
+    from torchao.quantization import quantize_
+    from sinq_ao import SINQConfig
+    quantize_(model, SINQConfig(bits=4, group_size=64))
+"""
+
+from .config import SINQConfig, sinq_config, skip_lm_head
+from .quantize import dequantize_weight, quantize_weight
+from .sinkhorn import imbalance, sinkhorn_normalize
+from .tensor import SINQTensor, sinq_linear
+
+__all__ = [
+    "SINQConfig",
+    "SINQTensor",
+    "dequantize_weight",
+    "imbalance",
+    "quantize_weight",
+    "sinkhorn_normalize",
+    "sinq_config",
+    "sinq_linear",
+    "skip_lm_head",
+]
+__version__ = "0.1.0"

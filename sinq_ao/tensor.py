@@ -1,0 +1,234 @@
+"""``SINQTensor``: a SINQ-quantized linear weight as a torchao tensor subclass."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import return_and_correct_aliasing
+from torchao.utils import TorchAOBaseTensor, fill_defaults
+
+from . import packing
+from .quantize import dequantize_weight, quantize_weight
+from .sinkhorn import SINKHORN_STEPS
+
+__all__ = ["SINQTensor"]
+
+aten = torch.ops.aten
+
+
+class SINQTensor(TorchAOBaseTensor):
+    """A weight W (N out-features x K in-features) stored as W ≈ s ⊙ (Q − z) ⊙ t.
+
+    Inner tensors:
+        qdata: (N, ceil(K / 32) * bits) int32, the codes Q bit-packed as described in :mod:`sinq_ao.packing`.
+        scale: (N, G) group scales s, G = ceil(K / group_size), dtype = the weight's dtype.
+        zero_point: (N, G) zero-points z, same dtype as ``scale``.
+        act_pre_scale: the column scale t, same dtype as ``scale``; (K,) for 1D tiling (it multiplies the
+            activations before the matmul), (ceil(N / group_size), K) for 2D tiling (one per row block).
+
+    Attributes:
+        bits: code width, 1..8.
+        group_size: weights per group along K; a last, shorter group covers K % group_size.
+        shape: logical shape, (N, K), or (K, N) when ``transposed``.
+        scheme: "asymmetric" or "symmetric" (how Q and z were chosen; dequantization is the same).
+        tiling: "1D" or "2D".
+        layout_version: version of the ``qdata`` packing layout (:data:`sinq_ao.packing.LAYOUT_VERSION`).
+        transposed: True for the result of ``aten.t`` (what ``mm``/``addmm`` see in a decomposed linear).
+    """
+
+    tensor_data_names = ["qdata", "scale", "zero_point", "act_pre_scale"]
+    tensor_attribute_names = ["bits", "group_size", "shape", "scheme", "tiling", "layout_version", "transposed"]
+
+    def __new__(cls, qdata, scale, zero_point, act_pre_scale, bits, group_size, shape, scheme, tiling,
+                layout_version, transposed):  # fmt: skip
+        return torch.Tensor._make_wrapper_subclass(
+            cls, shape, dtype=scale.dtype, device=qdata.device, requires_grad=False
+        )
+
+    def __init__(self, qdata, scale, zero_point, act_pre_scale, bits, group_size, shape, scheme, tiling,
+                 layout_version, transposed):  # fmt: skip
+        super().__init__()
+        if layout_version != packing.LAYOUT_VERSION:
+            raise ValueError(
+                f"SINQTensor layout_version={layout_version!r} is not known to this sinq_ao "
+                f"(it reads version {packing.LAYOUT_VERSION}); upgrade sinq_ao or re-quantize the model"
+            )
+        self.qdata = qdata
+        self.scale = scale
+        self.zero_point = zero_point
+        self.act_pre_scale = act_pre_scale
+        self.bits = bits
+        self.group_size = group_size
+        self.scheme = scheme
+        self.tiling = tiling
+        self.layout_version = layout_version
+        self.transposed = transposed
+
+    def _quantization_type(self) -> str:
+        return (
+            f"shape={tuple(self.shape)}, bits={self.bits}, group_size={self.group_size}, scheme={self.scheme}, "
+            f"tiling={self.tiling}, device={self.device}"
+        )
+
+    def _stable_hash_for_caching(self) -> str:
+        """Metadata key for torch.compile's AOT autograd cache (values of the inner tensors do not matter)."""
+        inner = [(name, tuple(t.shape), str(t.dtype), tuple(t.stride()), t.device.type)
+                 for name in self.tensor_data_names for t in [getattr(self, name)]]  # fmt: skip
+        attributes = [getattr(self, name) for name in self.tensor_attribute_names]
+        key = repr((type(self).__qualname__, attributes, inner))
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[1] if self.transposed else self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[0] if self.transposed else self.shape[1]
+
+    @classmethod
+    def from_hp(
+        cls,
+        weight: torch.Tensor,
+        *,
+        bits: int = 4,
+        group_size: int = 64,
+        method: str = "sinq",
+        scheme: str = "asymmetric",
+        tiling: str = "1D",
+        steps: int = SINKHORN_STEPS,
+    ) -> "SINQTensor":
+        """Quantize a high-precision (N, K) weight; see :func:`sinq_ao.quantize.quantize_weight`."""
+        q = quantize_weight(
+            weight, bits=bits, group_size=group_size, method=method, scheme=scheme, tiling=tiling, steps=steps
+        )
+        return cls(
+            packing.pack(q.codes, bits),
+            q.scale,
+            q.zero_point,
+            q.col_scale,
+            bits,
+            group_size,
+            weight.shape,
+            scheme,
+            tiling,
+            packing.LAYOUT_VERSION,
+            False,
+        )
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes Q, (N, K) int32 (in the untransposed orientation)."""
+        return packing.unpack(self.qdata, self.bits, self.in_features)
+
+    def dequantize(self, output_dtype: torch.dtype | None = None, *, with_col_scale: bool = True) -> torch.Tensor:
+        """The dense weight W, in this tensor's logical orientation; ``with_col_scale=False`` leaves t out."""
+        weight = dequantize_weight(
+            self.codes(),
+            self.scale,
+            self.zero_point,
+            self.act_pre_scale if with_col_scale else None,
+            self.group_size,
+            output_dtype or self.dtype,
+        )
+        return weight.t() if self.transposed else weight
+
+
+implements = SINQTensor.implements
+implements_torch_function = SINQTensor.implements_torch_function
+
+
+def sinq_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x Wᵀ + b for an untransposed ``weight``; 1D tiling applies t to x, never to the weight."""
+    if weight.transposed:
+        raise ValueError("sinq_linear expects the (out_features, in_features) weight, got a transposed SINQTensor")
+    if x.shape[-1] != weight.in_features:
+        raise ValueError(
+            f"input has {x.shape[-1]} features but the SINQ weight expects {weight.in_features} "
+            f"(weight shape {tuple(weight.shape)})"
+        )
+    if weight.tiling == "1D":
+        x = x * weight.act_pre_scale.to(x.dtype)
+        dense = weight.dequantize(x.dtype, with_col_scale=False)
+    else:
+        dense = weight.dequantize(x.dtype)
+    return F.linear(x, dense, None if bias is None else bias.to(x.dtype))
+
+
+@implements(aten.linear.default)
+@implements_torch_function(F.linear)
+def _(func, types, args, kwargs):
+    x, weight, bias = fill_defaults(args, 3, [None])
+    return sinq_linear(x, weight, bias)
+
+
+@implements(aten.t.default)
+def _(func, types, args, kwargs):
+    self = args[0]
+    new = SINQTensor(
+        self.qdata, self.scale, self.zero_point, self.act_pre_scale, self.bits, self.group_size,
+        torch.Size(reversed(self.shape)), self.scheme, self.tiling, self.layout_version, not self.transposed,
+    )  # fmt: skip
+    return return_and_correct_aliasing(func, args, kwargs, new)
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight where ``weight`` is a SINQTensor, transposed (a linear) or not (a plain matmul)."""
+    if weight.transposed:
+        return sinq_linear(x, weight.t())
+    return x @ weight.dequantize(x.dtype)
+
+
+@implements(aten.mm.default)
+def _(func, types, args, kwargs):
+    return _matmul(args[0], args[1])
+
+
+@implements(aten.addmm.default)
+def _(func, types, args, kwargs):
+    bias, x, weight = args[:3]
+    beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+    return beta * bias + alpha * _matmul(x, weight)
+
+
+@implements(aten.slice.Tensor)
+def _(func, types, args, kwargs):
+    """Slice rows (dim 0) or columns (dim 1) of an untransposed weight at group boundaries."""
+    self, dim, start, end, step = fill_defaults(args, 5, [0, None, None, 1])
+    if self.transposed:
+        raise NotImplementedError("slicing a transposed SINQTensor is not supported; slice the weight itself")
+    dim = dim % 2
+    size = self.shape[dim]
+    start = 0 if start is None else min(max(start + size if start < 0 else start, 0), size)
+    end = size if end is None else min(max(end + size if end < 0 else end, start), size)
+    g = self.group_size
+    qdata, scale, zero, col = self.qdata, self.scale, self.zero_point, self.act_pre_scale
+    if step != 1:
+        raise NotImplementedError(f"SINQTensor slicing needs step 1, got step={step}")
+    if dim == 0:
+        if self.tiling == "2D":
+            if start % g or (end % g and end != size):
+                raise ValueError(f"2D-tiled SINQTensor rows can only be sliced at multiples of group_size={g}")
+            col = col[start // g : -(-end // g)]
+        qdata, scale, zero = qdata[start:end], scale[start:end], zero[start:end]
+        shape = (end - start, self.shape[1])
+    else:
+        if start % g or (end % g and end != size):
+            raise ValueError(
+                f"SINQTensor columns can only be sliced at multiples of group_size={g} (or at the end), "
+                f"got [{start}:{end}]"
+            )
+        qdata = qdata[:, packing.packed_columns(start, self.bits) : packing.packed_columns(end, self.bits)]
+        scale, zero = scale[:, start // g : -(-end // g)], zero[:, start // g : -(-end // g)]
+        col = col[..., start:end]
+        shape = (self.shape[0], end - start)
+    new = SINQTensor(
+        qdata, scale, zero, col, self.bits, self.group_size, torch.Size(shape), self.scheme, self.tiling,
+        self.layout_version, False,
+    )  # fmt: skip
+    return return_and_correct_aliasing(func, args, kwargs, new)
+
+
+SINQTensor.__module__ = "sinq_ao"
+torch.serialization.add_safe_globals([SINQTensor])

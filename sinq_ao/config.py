@@ -27,8 +27,11 @@ class SINQConfig(AOBaseConfig):
         tiling: "1D" (tiles of all rows x group_size columns; t is one activation pre-scale) or "2D"
             (group_size x group_size tiles; t per row block, applied to the weight).
         method: "sinq" (Sinkhorn-normalised, the default) or "rtn" (plain round-to-nearest, same storage).
-        scheme: "asymmetric" (default) or "symmetric".
+        scheme: "asymmetric" (default), "symmetric" (bits >= 2) or "nf" (NormalFloat codebook; bits 4 = NF4,
+            bits 3 = NF3).
         steps: Sinkhorn iterations (SPEC §3 fixes 16).
+        hqq_steps: HQQ-style proximal refinement steps of the zero-points after normalisation (0 = off,
+            20 is HQQ's choice); each group keeps its best iterate. Not with scheme="symmetric".
 
     Like every torchao config, ``quantize_(model, SINQConfig())`` quantizes each ``nn.Linear`` it is given,
     ``lm_head`` included; pass ``filter_fn=sinq_ao.skip_lm_head`` to keep the output head in high precision
@@ -41,10 +44,11 @@ class SINQConfig(AOBaseConfig):
     method: str = "sinq"
     scheme: str = "asymmetric"
     steps: int = SINKHORN_STEPS
+    hqq_steps: int = 0
 
     def __post_init__(self):
         check_options(bits=self.bits, group_size=self.group_size, method=self.method, scheme=self.scheme,
-                      tiling=self.tiling)  # fmt: skip
+                      tiling=self.tiling, hqq_steps=self.hqq_steps)  # fmt: skip
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps={self.steps!r} must be a non-negative integer")
 
@@ -79,6 +83,7 @@ def _sinq_transform(module: torch.nn.Module, config: SINQConfig, *, parameter_na
             scheme=config.scheme,
             tiling=config.tiling,
             steps=config.steps,
+            hqq_steps=config.hqq_steps,
         )
     except (ValueError, TypeError) as error:
         raise type(error)(f"cannot SINQ-quantize {module!r}.{parameter_name}: {error}") from error

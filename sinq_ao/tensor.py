@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
 from . import packing
-from .quantize import dequantize_weight, quantize_weight
+from .quantize import codebook, dequantize_weight, quantize_weight
 from .sinkhorn import SINKHORN_STEPS
 
 __all__ = ["SINQTensor"]
@@ -32,7 +32,8 @@ class SINQTensor(TorchAOBaseTensor):
         bits: code width, 1..8.
         group_size: weights per group along K; a last, shorter group covers K % group_size.
         shape: logical shape, (N, K), or (K, N) when ``transposed``.
-        scheme: "asymmetric" or "symmetric" (how Q and z were chosen; dequantization is the same).
+        scheme: "asymmetric", "symmetric" (uniform: dequantized as s(Q − z)t) or "nf" (NF4/NF3 codebook:
+            s(codebook[Q] − z)t, see :func:`sinq_ao.quantize.codebook`).
         tiling: "1D" or "2D".
         layout_version: version of the ``qdata`` packing layout (:data:`sinq_ao.packing.LAYOUT_VERSION`).
         transposed: True for the result of ``aten.t`` (what ``mm``/``addmm`` see in a decomposed linear).
@@ -99,11 +100,14 @@ class SINQTensor(TorchAOBaseTensor):
         scheme: str = "asymmetric",
         tiling: str = "1D",
         steps: int = SINKHORN_STEPS,
+        hqq_steps: int = 0,
+        col_scale: torch.Tensor | None = None,
     ) -> "SINQTensor":
         """Quantize a high-precision (N, K) weight; see :func:`sinq_ao.quantize.quantize_weight`."""
         q = quantize_weight(
-            weight, bits=bits, group_size=group_size, method=method, scheme=scheme, tiling=tiling, steps=steps
-        )
+            weight, bits=bits, group_size=group_size, method=method, scheme=scheme, tiling=tiling, steps=steps,
+            hqq_steps=hqq_steps, col_scale=col_scale,
+        )  # fmt: skip
         return cls(
             packing.pack(q.codes, bits),
             q.scale,
@@ -131,6 +135,7 @@ class SINQTensor(TorchAOBaseTensor):
             self.act_pre_scale if with_col_scale else None,
             self.group_size,
             output_dtype or self.dtype,
+            levels=codebook(self.bits, self.scheme),
         )
         return weight.t() if self.transposed else weight
 

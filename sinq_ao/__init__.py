@@ -9,12 +9,17 @@ from .config import SINQConfig, sinq_config, skip_lm_head
 from .quantize import dequantize_weight, quantize_weight
 from .sinkhorn import imbalance, sinkhorn_normalize
 from .tensor import SINQTensor, sinq_linear
+from .calibration import asinq_quantize_, calibration_tokens
+from .mixed_precision import plan_mixed_precision
 
 __all__ = [
     "SINQConfig",
     "SINQTensor",
+    "asinq_quantize_",
+    "calibration_tokens",
     "dequantize_weight",
     "imbalance",
+    "plan_mixed_precision",
     "quantize_weight",
     "sinkhorn_normalize",
     "sinq_config",

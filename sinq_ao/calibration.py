@@ -151,6 +151,8 @@ def linear_blocks(model: torch.nn.Module, filter_fn: Callable) -> dict[str, dict
     for name, module in modules.items():
         if not (isinstance(module, torch.nn.Linear) and filter_fn(module, name)):
             continue
+        if isinstance(module.weight, SINQTensor):
+            raise ValueError(f"{name}.weight is already a SINQTensor; calibrate the original model")
         parts = name.split(".")
         block = next((".".join(parts[: i + 1]) for i in range(len(parts) - 1)
                       if isinstance(modules[".".join(parts[:i])], torch.nn.ModuleList)), name)  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 from torchao.quantization import FqnToConfig
 from tqdm.auto import tqdm
 
-from .calibration import collect_inputs, quantize_options
+from .calibration import collect_inputs, linear_blocks, quantize_options
 from .config import SINQConfig, skip_lm_head
 from .packing import packed_columns
 from .quantize import codebook, dequantize_weight, quantize_weight
@@ -133,8 +133,8 @@ def plan_mixed_precision(
     if not isinstance(average_bits, (int, float)) or not candidate_bits[0] <= average_bits <= candidate_bits[-1]:
         raise ValueError(f"average_bits={average_bits!r} must lie between the smallest and largest candidate "
                          f"bits {candidate_bits}")  # fmt: skip
-    linears = {name: m for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and filter_fn(m, name)}  # fmt: skip
+    blocks = linear_blocks(model, filter_fn)
+    linears = {name: module for block in blocks.values() for name, module in block.items()}
     if not linears:
         raise ValueError("filter_fn selected no nn.Linear to quantize")
     weights = {}

@@ -139,3 +139,12 @@ def test_bad_calibration_sources_are_refused(source, message, error):
 def test_asinq_refuses_token_ids_that_are_not_a_batch():
     with pytest.raises(ValueError, match="n_samples, seq_len"):
         asinq_quantize_(tiny_llama(), torch.arange(32))
+
+
+def test_already_quantized_models_are_refused_with_the_layer_name():
+    from torchao.quantization import quantize_
+
+    model = tiny_llama()
+    quantize_(model.model.layers[1].mlp.up_proj, SINQConfig())
+    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight is already a SINQTensor"):
+        asinq_quantize_(model, torch.randint(0, 512, (2, 8)))

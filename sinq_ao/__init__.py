@@ -11,6 +11,9 @@ from .sinkhorn import imbalance, sinkhorn_normalize
 from .tensor import SINQTensor, sinq_linear
 from .calibration import asinq_quantize_, calibration_tokens
 from .mixed_precision import plan_mixed_precision
+from . import serialization
+
+serialization.register()  # torchao / transformers can now save and load SINQ checkpoints
 
 __all__ = [
     "SINQConfig",

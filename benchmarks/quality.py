@@ -1,0 +1,174 @@
+"""WikiText-2 perplexity of real models: one row per model x method x bits x group size (docs/results.md).
+
+Every method keeps ``lm_head`` (and so a tied embedding) in high precision. Each finished row is written to
+the ``--out`` JSON at once (atomically), and a rerun skips the rows already there, so the table resumes.
+
+    python benchmarks/quality.py --models smollm2-135m --bits 3 4 --group-sizes 64 128 --max-windows 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torchao.quantization import quantize_
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sinq_ao import SINQConfig, skip_lm_head  # noqa: E402 (after the sys.path line)
+from sinq_ao.baselines import hqq_quantize_  # noqa: E402
+from sinq_ao.evaluate import load_eval_text, perplexity  # noqa: E402
+from sinq_ao.models import DEFAULT_MODEL, load_model  # noqa: E402
+
+# name -> quantize(model, *, bits, group_size, calibration_text) in place. Add variants here.
+Quantizer = Callable[..., None]
+
+
+def _unquantized(model, *, bits, group_size, calibration_text=None) -> None:
+    """The model as loaded (bits and group size do not apply)."""
+
+
+def _sinq_config_method(**options) -> Quantizer:
+    def quantize(model, *, bits, group_size, calibration_text=None) -> None:
+        quantize_(model, SINQConfig(bits=bits, group_size=group_size, **options), filter_fn=skip_lm_head)
+
+    return quantize
+
+
+def _hqq(model, *, bits, group_size, calibration_text=None) -> None:
+    hqq_quantize_(model, bits, group_size, filter_fn=skip_lm_head)
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "bf16": _unquantized,
+    "rtn": _sinq_config_method(method="rtn"),
+    "hqq": _hqq,
+    "sinq": _sinq_config_method(method="sinq"),
+}
+UNQUANTIZED = {"bf16"}  # methods whose rows take no bits / group size
+
+
+def row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ("model", "method", "bits", "group_size", "seq_len", "max_windows", "device"))
+
+
+def load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise ValueError(f"{path} is not a results file written by this script ({error}); move it away") from error
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    """Write the JSON next to ``path`` under a temporary name, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        json.dump({"rows": rows}, file, indent=1)
+    os.replace(file.name, path)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_row(model_name: str, method: str, bits, group_size, args, text: str, calibration: str | None) -> dict:
+    model, tokenizer = load_model(model_name, dtype=getattr(torch, args.dtype), device=args.device)
+    _sync(args.device)
+    start = time.perf_counter()
+    QUANTIZERS[method](model, bits=bits, group_size=group_size, calibration_text=calibration)
+    _sync(args.device)
+    quantize_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ppl = perplexity(model, tokenizer, text, seq_len=args.seq_len, max_windows=args.max_windows)
+    windows = min(len(tokenizer(text, verbose=False).input_ids) // args.seq_len, args.max_windows or 10**9)
+    return {
+        "model": model_name, "method": method, "bits": bits, "group_size": group_size, "seq_len": args.seq_len,
+        "max_windows": args.max_windows, "device": args.device, "windows": windows, "perplexity": ppl,
+        "quantize_seconds": round(quantize_seconds, 3), "eval_seconds": round(time.perf_counter() - start, 1),
+        "dtype": args.dtype, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "command": "python " + shlex.join(sys.argv),
+    }  # fmt: skip
+
+
+def planned_rows(args) -> list[tuple]:
+    rows = []
+    for model_name in args.models:
+        for method in args.methods:
+            if method in UNQUANTIZED:
+                rows.append((model_name, method, None, None))
+            else:
+                rows += [(model_name, method, b, g) for b in args.bits for g in args.group_sizes]
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table; Δ is the perplexity change against the same model's unquantized row, when present."""
+    reference = {(r["model"], r["seq_len"], r["max_windows"], r["device"]): r["perplexity"]
+                 for r in rows if r["method"] in UNQUANTIZED}  # fmt: skip
+    lines = ["| model | method | bits | group | windows | perplexity | Δ vs bf16 | quantize s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        base = reference.get((r["model"], r["seq_len"], r["max_windows"], r["device"]))
+        delta = f"{r['perplexity'] - base:+.3f}" if base is not None and r["method"] not in UNQUANTIZED else ""
+        lines.append(f"| {Path(r['model']).name} | {r['method']} | {r['bits'] or '-'} | {r['group_size'] or '-'} | "
+                     f"{r['windows']}×{r['seq_len']} | {r['perplexity']:.3f} | {delta} | {r['quantize_seconds']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="WikiText-2 perplexity of models quantized with each method (lm_head kept in high precision). "
+        "Rows are cached in --out; a rerun resumes.",
+    )
+    parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL],
+                        help="built-in names (smollm2-135m, gemma3-270m), local .gguf files or HF folders")
+    parser.add_argument("--methods", nargs="+", default=list(QUANTIZERS), choices=list(QUANTIZERS))
+    parser.add_argument("--bits", nargs="+", type=int, default=[3, 4])
+    parser.add_argument("--group-sizes", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="dtype the model is loaded and evaluated in")
+    parser.add_argument("--seq-len", type=int, default=2048, help="tokens per evaluation window")
+    parser.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (a slice)")
+    parser.add_argument("--eval-text", default=None,
+                        help="evaluation text file (default: the shared WikiText-2 copy, else `datasets`)")
+    parser.add_argument("--calibration-text", default=None,
+                        help="text file handed to methods that calibrate (none of the default ones do)")
+    parser.add_argument("--out", type=Path, default=Path("results/quality.json"), help="results JSON (resumed)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    text = load_eval_text(args.eval_text)
+    calibration = Path(args.calibration_text).read_text(encoding="utf-8") if args.calibration_text else None
+    rows = load_rows(args.out)
+    done = {row_key(r): r for r in rows}
+    wanted = []
+    for model_name, method, bits, group_size in planned_rows(args):
+        key = (model_name, method, bits, group_size, args.seq_len, args.max_windows, args.device)
+        if key not in done:
+            label = f"{model_name} {method}" + (f" {bits}-bit g{group_size}" if bits else "")
+            print(f"[quality] {label} ...", flush=True)
+            done[key] = run_row(model_name, method, bits, group_size, args, text, calibration)
+            rows.append(done[key])
+            save_rows(args.out, rows)
+            print(f"[quality] {label}: perplexity {done[key]['perplexity']:.3f} "
+                  f"(quantized in {done[key]['quantize_seconds']:.2f} s)", flush=True)  # fmt: skip
+        wanted.append(done[key])
+    print(format_table(wanted))
+
+
+if __name__ == "__main__":
+    main()

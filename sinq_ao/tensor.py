@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
-from . import packing
+from . import kernels, packing
 from .quantize import codebook, dequantize_weight, quantize_weight
 from .sinkhorn import SINKHORN_STEPS
 
@@ -145,7 +145,7 @@ implements_torch_function = SINQTensor.implements_torch_function
 
 
 def sinq_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x Wᵀ + b for an untransposed ``weight``; 1D tiling applies t to x, never to the weight."""
+    """y = x Wᵀ + b for an untransposed ``weight``: the fused GPU kernels where they apply, else :func:`plain_linear`."""
     if weight.transposed:
         raise ValueError("sinq_linear expects the (out_features, in_features) weight, got a transposed SINQTensor")
     if x.shape[-1] != weight.in_features:
@@ -153,6 +153,14 @@ def sinq_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None =
             f"input has {x.shape[-1]} features but the SINQ weight expects {weight.in_features} "
             f"(weight shape {tuple(weight.shape)})"
         )
+    if kernels.kernel_supports(x, weight.bits, weight.group_size, weight.tiling, weight.scheme):
+        return kernels.fused_linear(x, weight.qdata, weight.scale, weight.zero_point, weight.act_pre_scale, bias,
+                                    weight.bits, weight.group_size)  # fmt: skip
+    return plain_linear(x, weight, bias)
+
+
+def plain_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The PyTorch path (CPU, and what Inductor fuses under compile): 1D tiling applies t to x, not to the weight."""
     if weight.tiling == "1D":
         x = x * weight.act_pre_scale.to(x.dtype)
         dense = weight.dequantize(x.dtype, with_col_scale=False)

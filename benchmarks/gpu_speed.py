@@ -1,0 +1,278 @@
+"""GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
+
+    python benchmarks/gpu_speed.py layers  [--sweep] [--out results.json]
+    python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128]
+    python benchmarks/gpu_speed.py quant-time
+
+layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
+            our GEMV for M <= 4, else the plain path; and the Inductor-compiled plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig,
+            tile_packed_to_4d, i.e. aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R
+            different weight copies (R chosen so they overflow the 50 MB L2), replayed and divided by R.
+            --sweep also times candidate GEMV block sizes and reports the best per shape.
+decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
+            config), torch.compile(mode="reduce-overhead") with a static KV cache: tokens/s for bf16, SINQ 4-bit g64
+            and torchao Int4WeightOnlyConfig (tinygemm).
+quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
+from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, launch  # noqa: E402
+from sinq_ao.tensor import plain_linear  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
+MS = [1, 4, 16, 64, 256]
+L2_OVERFLOW_BYTES = 256 * 2**20
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+                 tie_word_embeddings=False)  # fmt: skip
+
+
+def log(*parts):
+    print(*parts, flush=True)
+
+
+def graph_time_us(calls, repeats: int = 20) -> float:
+    """Median over ``repeats`` replays of a CUDA graph that makes every call in ``calls`` once; µs per call."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls[:3]:
+            call()  # warm-up: compiles, allocator
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(calls))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
+def copies_for(bytes_per_copy: int) -> int:
+    return max(2, math.ceil(L2_OVERFLOW_BYTES / bytes_per_copy))
+
+
+def sinq_bytes(w: SINQTensor) -> int:
+    return sum(getattr(w, n).numel() * getattr(w, n).element_size() for n in w.tensor_data_names)
+
+
+def clone_sinq(w: SINQTensor) -> SINQTensor:
+    return w._apply_fn_to_data(lambda t: t.clone())
+
+
+def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="cuda", dtype=torch.bfloat16)
+    layer.weight.data.copy_(weight)
+    quantize_(layer, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"))
+    return layer
+
+
+def gemv_candidates(m, n, k, bits):
+    configs = []
+    n_words = -(-k // 32) * bits
+    for block_n, block_words, warps in [(4, 256, 2), (8, 256, 2), (8, 512, 4), (16, 512, 4), (4, 512, 4),
+                                        (8, 1024, 8), (16, 256, 2), (32, 512, 4), (8, 64, 2)]:  # fmt: skip
+        auto_split = max(1, min(n_words // block_words, -(-2 * 132 // (-(-n // block_n) * m))))
+        for split in sorted({1, auto_split, 2 * auto_split}):
+            configs.append(LaunchConfig(block_n, block_words, split, warps))
+    return configs
+
+
+def bench_layers(args) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    for n, k in SHAPES:
+        torch._dynamo.reset()
+        compiled_plain = torch.compile(plain_linear)
+        weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        sinq = SINQTensor.from_hp(weight, bits=4, group_size=64)
+        bf16_ws = [weight] + [weight.clone() for _ in range(copies_for(weight.numel() * 2) - 1)]
+        sinq_ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(sinq_bytes(sinq)) - 1)]
+        tiny = tinygemm_linear(weight)
+        tiny_ws = [tiny.weight] + [tiny.weight._apply_fn_to_data(lambda t: t.clone())
+                                   for _ in range(copies_for(sinq_bytes(sinq)) - 1)]  # fmt: skip
+        for m in MS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            row = {"N": n, "K": k, "M": m}
+            row["bf16_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in bf16_ws])
+            row["sinq_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in sinq_ws])
+            row["tinygemm_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in tiny_ws])
+            if m >= 4:
+                row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
+            if args.sweep and m <= GEMV_MAX_M:
+                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+                best = None
+                for config in gemv_candidates(m, n, k, 4):
+                    us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
+                                        w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
+                    if best is None or us < best[1]:
+                        best = (config, us)
+                row["best_config"], row["best_us"] = list(best[0]), best[1]
+            row["speedup_vs_bf16"] = row["bf16_us"] / row["sinq_us"]
+            row["speedup_vs_tinygemm"] = row["tinygemm_us"] / row["sinq_us"]
+            rows.append(row)
+            log(json.dumps(row))
+        del bf16_ws, sinq_ws, tiny_ws, tiny
+        torch.cuda.empty_cache()
+    log(f"\n{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
+        f" {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
+    for r in rows:
+        log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>4} {r['bf16_us']:8.1f} {r['sinq_us']:8.1f} {r['tinygemm_us']:8.1f}"
+            f" {r['speedup_vs_bf16']:7.2f} {r['speedup_vs_tinygemm']:7.2f} {r.get('sinq_inductor_us', float('nan')):8.1f}"
+            f" {r.get('best_us', float('nan')):11.1f} {r.get('best_config', '')}")  # fmt: skip
+    return rows
+
+
+def build_llama(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**LLAMA3_8B, "num_hidden_layers": layers})
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    return model
+
+
+def quantize_variant(model, variant: str):
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+    from sinq_ao import skip_lm_head
+
+    if variant == "sinq":
+        quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=skip_lm_head)
+    elif variant == "tinygemm":
+        quantize_(model, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"),
+                  filter_fn=skip_lm_head)  # fmt: skip
+
+
+@torch.no_grad()
+def bench_decode(args) -> list[dict]:
+    from transformers import StaticCache
+
+    rows = []
+    for variant in args.variants:
+        model = build_llama(args.layers)
+        start = time.perf_counter()
+        quantize_variant(model, variant)
+        torch.cuda.synchronize()
+        quant_s = time.perf_counter() - start
+        weights_gib = sum(
+            sinq_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
+            for p in model.parameters()
+        ) / 2**30
+        prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")
+        cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + args.tokens + 8)
+        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
+        token = logits[:, -1:].argmax(-1)
+        compile_start = time.perf_counter()
+
+        def decode(count, position):
+            nonlocal token
+            for i in range(count):
+                pos = torch.tensor([position + i], device="cuda")
+                out = step(input_ids=token, past_key_values=cache, cache_position=pos, position_ids=pos[None])
+                token = out.logits[:, -1:].argmax(-1).clone()
+            return position + count
+
+        position = decode(3, 16)  # compile + graph capture
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - compile_start
+        start = time.perf_counter()
+        decode(args.tokens, position)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
+               "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
+        rows.append(row)
+        log(json.dumps(row))
+        del model, step, cache
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)
+    log(f"\n{'variant':>10} {'tok/s':>8} {'x bf16':>7} {'weights GiB':>11}")
+    for r in rows:
+        ratio = r["tokens_per_s"] / base if base else float("nan")
+        log(f"{r['variant']:>10} {r['tokens_per_s']:8.1f} {ratio:7.2f} {r['weights_GiB']:11.2f}")
+    return rows
+
+
+@torch.no_grad()
+def bench_quant_time(args) -> list[dict]:
+    from sinq_ao.quantize import quantize_weight
+
+    model = build_llama(args.layers)
+    weights = [m.weight.data for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name != "lm_head"]  # fmt: skip
+    rows = []
+    for repeat in range(2):  # the first pass includes CUDA/cuBLAS warm-up; report the second
+        for method in ("rtn", "sinq"):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for w in weights:
+                SINQTensor.from_hp(w, bits=4, group_size=64, method=method)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            if repeat:
+                rows.append({"method": method, "linears": len(weights), "params": sum(w.numel() for w in weights),
+                             "seconds": seconds})  # fmt: skip
+                log(json.dumps(rows[-1]))
+    # The quantizer alone (no packing), for reference.
+    for method in ("rtn", "sinq"):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for w in weights:
+            quantize_weight(w, bits=4, group_size=64, method=method)
+        torch.cuda.synchronize()
+        rows.append({"method": method + " (quantize_weight only)", "seconds": time.perf_counter() - start})
+        log(json.dumps(rows[-1]))
+    log(f"\nSINQ / RTN time: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["layers", "decode", "quant-time"])
+    parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
+    parser.add_argument("--layers", type=int, default=32, help="decoder layers of the 8B-shaped model")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens to decode (decode)")
+    parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    rows = {"layers": bench_layers, "decode": bench_decode, "quant-time": bench_quant_time}[args.what](args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"what": args.what, "argv": sys.argv, "device": torch.cuda.get_device_name(),
+                                        "rows": rows}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Kernel-vs-reference checks shared by the GPU tests and the CPU Triton-interpreter test."""
+
+import torch
+
+from sinq_ao import SINQTensor
+from sinq_ao.kernels import LaunchConfig, launch
+
+
+def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None, seed=0, bias=True) -> float:
+    """Relative error of the kernel against x·t @ dequant(W)ᵀ in float64, with a NaN-poisoned output buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=gen) * (torch.randn(1, k, generator=gen).exp())
+    w = SINQTensor.from_hp(weight.to(device=device, dtype=dtype), bits=bits, group_size=group_size)
+    x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, generator=gen).to(device=device, dtype=dtype) if bias else None
+    reference = torch.nn.functional.linear(
+        x.double() * w.act_pre_scale.double(),
+        w.dequantize(torch.float64, with_col_scale=False),
+        None if b is None else b.double(),
+    )
+    y = torch.full((m, n), float("nan"), device=device, dtype=dtype)  # unwritten elements stay NaN and fail
+    launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, b, y, bits, group_size, config=config)
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return ((y.double() - reference).norm() / reference.norm()).item()
+
+
+# Small cases for the CPU interpreter: every kernel bit width, with and without split-K, M up to GEMV_MAX_M, ragged N
+# and K (the last group shorter, K not a multiple of 32), several groups per K step.
+INTERPRETER_CASES = [
+    (bits, m, n, k, g, config)
+    for bits in (2, 4, 8)
+    for m, n, k, g, config in [
+        (1, 24, 192, 64, None),
+        (3, 40, 320, 64, LaunchConfig(16, 8, split_k=3)),  # uneven split
+        (2, 16, 576, 128, LaunchConfig(8, 16, split_k=2)),  # K = 4.5 groups: ragged last group
+        (4, 16, 200, 64, LaunchConfig(4, 32)),  # K not a multiple of 32
+    ]
+]
+
+
+def run_interpreter_cases() -> None:
+    """Entry point for the TRITON_INTERPRET=1 subprocess: print one line per case, fail loudly on a miss."""
+    # The interpreter emulates bf16 casts incorrectly (numpy has no bf16), so check float16 and float32 here;
+    # bf16 is covered by the GPU tests.
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.float16, 5e-3)):
+        for bits, m, n, k, g, config in INTERPRETER_CASES:
+            error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
+            print(f"{dtype} bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
+            assert error < tolerance, (dtype, bits, m, n, k, g, error)
+    print("interpreter cases passed")
+
+
+if __name__ == "__main__":
+    run_interpreter_cases()
+
+
+def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
+    """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sinq_ao.kernels.triton_kernels import sinq_gemv_kernel, splitk_reduce_kernel
+
+    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32"}
+    common = {"BITS": bits, "GROUP": group_size, "HAS_BIAS": True}
+    kernels = [
+        (sinq_gemv_kernel, {**common, "PARTIAL": True, "BLOCK_N": 8, "BLOCK_WORDS": 512}),
+        (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
+    ]
+    names = []
+    for kernel, constants in kernels:
+        signature = {name: "constexpr" if name in constants else pointer_types.get(name, "*bf16" if name.endswith("_ptr") else "i32")
+                     for name in kernel.arg_names}  # fmt: skip
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": 4, "num_stages": 3})  # fmt: skip
+        assert "ptx" in compiled.asm
+        names.append(compiled.name)
+    return names

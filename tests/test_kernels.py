@@ -1,0 +1,86 @@
+"""Fused SINQ kernels against the dequantize reference: on the GPU, and on CPU through Triton's interpreter."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sinq_ao import SINQConfig, SINQTensor
+from tests.helpers import relative_error, requires_cuda
+from tests.kernel_checks import compile_for_hopper, kernel_relative_error
+
+ROOT = Path(__file__).resolve().parents[1]
+requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+
+def _numpy_breaks_interpreter() -> bool:
+    import numpy
+
+    return tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 4)
+
+
+requires_interpreter = pytest.mark.skipif(
+    _numpy_breaks_interpreter(), reason="Triton 3.6's interpreter fails on numpy >= 2.4 (the test extra pins <2.4)"
+)
+
+
+@requires_triton
+@requires_interpreter
+def test_kernels_match_reference_under_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "tests.kernel_checks"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "interpreter cases passed" in done.stdout
+
+
+@requires_triton
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_kernels_compile_for_hopper_without_a_gpu(bits):
+    assert len(compile_for_hopper(bits)) == 2
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernels_match_reference_on_gpu_over_random_shapes(bits, dtype):
+    gen = torch.Generator().manual_seed(bits)
+    for case in range(12):
+        m = [1, 2, 3, 4, 1, 2, 3, 4, 1, 1, 4, 1][case]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + int(torch.randint(0, 2, (1,), generator=gen)) * 7
+        k = int(torch.randint(1, 24, (1,), generator=gen)) * 32
+        group_size = [64, 128][case % 2]
+        error = kernel_relative_error(bits, m, n, k, group_size, dtype, "cuda", seed=case)
+        assert error < 1e-2, (bits, m, n, k, group_size, error)
+
+
+@requires_cuda
+def test_quantized_llama_compiles_fullgraph_on_gpu_and_matches_eager():
+    from tests.test_model import tiny_llama
+
+    model = tiny_llama().to(device="cuda", dtype=torch.bfloat16)
+    from torchao.quantization import quantize_
+
+    quantize_(model, SINQConfig(bits=4))
+    tokens = torch.randint(0, 512, (2, 16), device="cuda")
+    with torch.no_grad():
+        eager = model(tokens).logits.float()
+        explanation = torch._dynamo.explain(model)(tokens)
+        compiled = torch.compile(model, fullgraph=True)(tokens).logits.float()
+    assert explanation.graph_break_count == 0
+    assert relative_error(compiled, eager) < 1e-2
+    assert isinstance(model.model.layers[0].mlp.up_proj.weight, SINQTensor)
+
+
+@requires_cuda
+def test_gpu_linear_uses_the_kernel_and_matches_plain_path():
+    from sinq_ao.tensor import plain_linear
+
+    w = SINQTensor.from_hp(torch.randn(256, 512, device="cuda", dtype=torch.bfloat16), bits=4)
+    for m in (1, 16, 100):
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        assert relative_error(torch.nn.functional.linear(x, w), plain_linear(x, w)) < 1e-2

@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from sinq_ao import SINQConfig, skip_lm_head  # noqa: E402 (after the sys.path line)
 from sinq_ao.baselines import hqq_quantize_  # noqa: E402
+from sinq_ao.calibration import asinq_quantize_, calibration_tokens  # noqa: E402
+from sinq_ao.mixed_precision import plan_mixed_precision  # noqa: E402
+from sinq_ao.tensor import SINQTensor  # noqa: E402
 from sinq_ao.evaluate import load_eval_text, perplexity  # noqa: E402
 from sinq_ao.models import DEFAULT_MODEL, load_model  # noqa: E402
 
@@ -47,13 +50,50 @@ def _hqq(model, *, bits, group_size, calibration_text=None) -> None:
     hqq_quantize_(model, bits, group_size, filter_fn=skip_lm_head)
 
 
+def _asinq(model, *, bits, group_size, calibration_text=None) -> None:
+    """A-SINQ on --calibration-text (without one: the end of the eval text, with a leak warning)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    source = None if calibration_text is None else tokenizer(calibration_text, return_tensors="pt").input_ids[0]
+    tokens = calibration_tokens(tokenizer, source, n_samples=8, seq_len=256)
+    asinq_quantize_(model, tokens, SINQConfig(bits=bits, group_size=group_size), batch_size=8)
+
+
+def _mixed_precision(average_bits: float) -> Quantizer:
+    """Calibration-free bit allocation at the memory of ``average_bits`` code bits per weight (see IMPLIED_BITS)."""
+
+    def quantize(model, *, bits, group_size, calibration_text=None) -> None:
+        plan = plan_mixed_precision(model, average_bits, SINQConfig(group_size=group_size), filter_fn=skip_lm_head)
+        quantize_(model, plan.config, filter_fn=None)
+
+    return quantize
+
+
 QUANTIZERS: dict[str, Quantizer] = {
     "bf16": _unquantized,
     "rtn": _sinq_config_method(method="rtn"),
     "hqq": _hqq,
     "sinq": _sinq_config_method(method="sinq"),
+    "sinq-nf4": _sinq_config_method(scheme="nf"),
+    "sinq-nf3": _sinq_config_method(scheme="nf"),
+    "sinq-2d": _sinq_config_method(tiling="2D"),
+    "sinq-hqqzero": _sinq_config_method(hqq_steps=20),
+    "asinq": _asinq,
+    "sinq-mp3.5": _mixed_precision(3.5),
+    "sinq-mp3.25": _mixed_precision(3.25),
 }
 UNQUANTIZED = {"bf16"}  # methods whose rows take no bits / group size
+IMPLIED_BITS = {"sinq-nf4": 4, "sinq-nf3": 3, "sinq-mp3.5": 3.5, "sinq-mp3.25": 3.25}  # rows ignore --bits
+
+
+def bits_per_weight(model) -> float | None:
+    """Stored bits per weight of the SINQ-quantized linears: codes, scales, zero-points and column scales."""
+    weights = [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), SINQTensor)]
+    if not weights:
+        return None
+    held = sum(getattr(w, name).nbytes for w in weights for name in w.tensor_data_names)
+    return round(8 * held / sum(w.numel() for w in weights), 4)
 
 
 def row_key(row: dict) -> tuple:
@@ -96,6 +136,7 @@ def run_row(model_name: str, method: str, bits, group_size, args, text: str, cal
         "model": model_name, "method": method, "bits": bits, "group_size": group_size, "seq_len": args.seq_len,
         "max_windows": args.max_windows, "device": args.device, "windows": windows, "perplexity": ppl,
         "quantize_seconds": round(quantize_seconds, 3), "eval_seconds": round(time.perf_counter() - start, 1),
+        "bits_per_weight": bits_per_weight(model),
         "dtype": args.dtype, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "command": "python " + shlex.join(sys.argv),
     }  # fmt: skip
@@ -108,7 +149,8 @@ def planned_rows(args) -> list[tuple]:
             if method in UNQUANTIZED:
                 rows.append((model_name, method, None, None))
             else:
-                rows += [(model_name, method, b, g) for b in args.bits for g in args.group_sizes]
+                bits = [IMPLIED_BITS[method]] if method in IMPLIED_BITS else args.bits
+                rows += [(model_name, method, b, g) for b in bits for g in args.group_sizes]
     return rows
 
 

@@ -105,3 +105,23 @@ def test_layer_errors_fall_with_bits_and_ignore_the_weights_scale():
     assert [errors[b] for b in (2, 3, 4, 8)] == sorted(errors.values(), reverse=True)
     scaled = layer_errors(w * 1000, SINQConfig(), (2, 3, 4, 8), channel_weight)
     assert all(abs(scaled[b] - errors[b]) <= 1e-3 * errors[b] for b in errors)
+
+
+def test_mixed_precision_and_asinq_checkpoints_reload_as_they_were(tmp_path):
+    from sinq_ao import asinq_quantize_
+    from sinq_ao.hf import load_pretrained, save_pretrained
+    from tests.test_hf import assert_same_quantized_state, logits
+    from tests.test_hf import tiny_llama as hf_tiny_llama
+
+    model = hf_tiny_llama()
+    plan = plan_mixed_precision(model, 3.5, candidate_bits=(2, 3, 4, 8), progress=False)
+    quantize_(model, plan.config, filter_fn=None)
+    save_pretrained(model, tmp_path / "mixed", plan.config)
+    restored = load_pretrained(tmp_path / "mixed")
+    assert_same_quantized_state(restored, model)
+    assert {name: m.weight.bits for name, m in restored.named_modules() if name in plan.bits} == plan.bits
+
+    calibrated = hf_tiny_llama()
+    asinq_quantize_(calibrated, torch.randint(3, 320, (2, 16)), SINQConfig(bits=3), progress=False)
+    save_pretrained(calibrated, tmp_path / "asinq", SINQConfig(bits=3))
+    assert torch.equal(logits(load_pretrained(tmp_path / "asinq")), logits(calibrated))

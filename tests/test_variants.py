@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torchao.quantization import quantize_
 
-from sinq_ao import SINQConfig, SINQTensor
+from sinq_ao import SINQConfig, SINQTensor, skip_lm_head
 from sinq_ao.quantize import (
     NF_CODEBOOKS,
     codebook,
@@ -238,3 +238,18 @@ def test_variant_linear_matches_the_dense_weight_and_compiles_without_graph_brea
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0
     assert relative_error(torch.compile(model, fullgraph=True)(x), eager) < 1e-5
+
+
+@pytest.mark.parametrize("options", [{"bits": 3, "scheme": "nf", "hqq_steps": 5}, {"bits": 3, "tiling": "2D"}],
+                         ids=["nf3-hqq", "2D"])  # fmt: skip
+def test_variant_hf_checkpoint_reloads_with_its_scheme_tiling_and_zero_points(options, tmp_path):
+    from sinq_ao.hf import load_pretrained, save_pretrained
+    from tests.test_hf import assert_same_quantized_state, logits, tiny_llama
+
+    model = tiny_llama()
+    config = SINQConfig(**options)
+    quantize_(model, config, filter_fn=skip_lm_head)
+    save_pretrained(model, tmp_path / "variant", config)
+    restored = load_pretrained(tmp_path / "variant")
+    assert_same_quantized_state(restored, model)
+    assert torch.equal(logits(restored), logits(model))

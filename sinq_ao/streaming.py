@@ -1,12 +1,12 @@
 """Streaming quantizer: a Hugging Face safetensors checkpoint in, a SINQ checkpoint out, never the whole model.
 
 The source is read tensor by tensor (``safe_open``); each ``nn.Linear`` weight is quantized on the chosen
-device as soon as it is read, and output shards are written as they fill. Peak memory is about one output
-shard plus one source tensor and its quantization temporaries, whatever the model size. Which tensors are
-linear weights comes from the model built on the meta device from ``config.json``, so embeddings, norms and
-(with the default filter) ``lm_head`` stay as they are, exactly as ``quantize_(model, config,
-filter_fn=skip_lm_head)`` leaves them. The result loads with ``from_pretrained`` like
-:func:`sinq_ao.hf.save_pretrained` of the model quantized in memory.
+device as soon as it is read, and output shards are written as they fill. Peak memory is about one source
+shard (memory-mapped while it is read) plus one output shard plus one weight's quantization temporaries,
+whatever the model size. Which tensors are linear weights comes from the model built on the meta device from
+``config.json``, so embeddings, norms and (with the default filter) ``lm_head`` stay as they are, exactly as
+``quantize_(model, config, filter_fn=skip_lm_head)`` leaves them. The result loads with ``from_pretrained``
+like :func:`sinq_ao.hf.save_pretrained` of the model quantized in memory.
 """
 
 from __future__ import annotations

@@ -86,9 +86,9 @@ def shard_files(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize(
     "config",
-    [SINQConfig(bits=2), SINQConfig(bits=3, tiling="2D"), SINQConfig(bits=4, scheme="nf"),
-     SINQConfig(bits=8, method="rtn", scheme="symmetric")],
-    ids=["2bit", "3bit-2D", "4bit-nf", "8bit-rtn-symmetric"],
+    [SINQConfig(bits=2), SINQConfig(bits=3, tiling="2D"), SINQConfig(bits=4), SINQConfig(bits=4, scheme="nf"),
+     SINQConfig(bits=8), SINQConfig(bits=8, method="rtn", scheme="symmetric")],
+    ids=["2bit", "3bit-2D", "4bit", "4bit-nf", "8bit", "8bit-rtn-symmetric"],
 )  # fmt: skip
 def test_save_then_load_gives_identical_logits_and_inner_tensors(tmp_path, config):
     model = tiny_llama()

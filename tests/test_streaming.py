@@ -37,6 +37,17 @@ def test_streamed_checkpoint_loads_exactly_like_an_in_memory_save(tmp_path, tie)
     assert len(shard_files(tmp_path / "streamed")) > 1
 
 
+def test_dtype_casts_the_source_before_quantizing(tmp_path):
+    source = save_source(tmp_path / "src", tiny_llama(dtype=torch.float32))
+    quantize_checkpoint(source, tmp_path / "streamed", dtype=torch.bfloat16, progress=False)
+    in_memory = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    quantize_(in_memory, SINQConfig(), filter_fn=skip_lm_head)
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")
+    assert streamed.dtype == torch.bfloat16
+    assert_same_quantized_state(streamed, in_memory)
+    assert torch.equal(logits(streamed), logits(in_memory))
+
+
 def test_tokenizer_and_generation_config_are_copied(tmp_path):
     source = save_source(tmp_path / "src", tiny_llama())
     quantize_checkpoint(source, tmp_path / "q", progress=False)

@@ -81,10 +81,10 @@ def main(argv=None) -> None:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", flush=True)
 
+    text = load_eval_text()  # first: a missing evaluation text should fail before any download
     say(f"model {args.model}: fetching / using the cache ...")
     say(f"model folder: {resolve_model(args.model)}")
     original, tokenizer = load_model(args.model, dtype=torch.bfloat16, device=args.device)
-    text = load_eval_text()
 
     quantized = copy.deepcopy(original)
     config = SINQConfig(bits=args.bits, group_size=args.group_size)

@@ -22,7 +22,7 @@ from .quantize import METHODS, SCHEMES, TILINGS
 from .sinkhorn import SINKHORN_STEPS
 from .streaming import quantize_checkpoint
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

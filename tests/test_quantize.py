@@ -19,7 +19,8 @@ def test_reconstruction_error_is_within_half_a_step(bits, method, tiling, rows, 
     q = quantize_weight(w, bits=bits, group_size=group_size, method=method, tiling=tiling)
     step = expand_groups(q.scale, group_size, cols) * expand_col_scale(q.col_scale, group_size, rows)
     error = (dequantize_weight(*q, group_size) - w).abs()
-    assert (error <= step / 2 * (1 + 1e-5) + 1e-7).all()
+    # Half a step, plus fp32 rounding of s * (Q - z) (a constant group has a tiny step and a huge |z|).
+    assert (error <= step / 2 * (1 + 1e-5) + 1e-6 * w.abs() + 1e-7).all()
 
 
 @given(bits_st, st.integers(1, 40), st.integers(1, 150), seeds)

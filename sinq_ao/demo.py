@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=4, help="WikiText-2 windows to evaluate (the slice)")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per window")
     parser.add_argument("--prompt", default="The history of the printing press began")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)  # fmt: skip
 

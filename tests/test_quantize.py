@@ -35,11 +35,14 @@ def test_codes_lie_in_range_and_shapes_follow_groups(bits, rows, cols, seed):
 
 @given(st.sampled_from([3, 4]), st.integers(0, 2**31 - 1))
 def test_sinq_beats_rtn_on_matrices_with_row_and_column_scales(bits, seed):
-    w = structured_matrix(128, 256, seed, spread=1.0)
-    errors = {}
-    for method in ("sinq", "rtn"):
-        q = quantize_weight(w, bits=bits, group_size=64, method=method)
-        errors[method] = relative_error(dequantize_weight(*q, 64), w)
+    # Averaged over four draws: SINQ minimises imbalance, not this error, and loses on ~1 % of single draws at this
+    # spread (on ~37 % at spread 1.5, where a few columns dominate the Frobenius norm; docs/architecture.md).
+    errors = {"sinq": 0.0, "rtn": 0.0}
+    for draw in range(4):
+        w = structured_matrix(128, 256, seed + draw, spread=1.0)
+        for method in errors:
+            q = quantize_weight(w, bits=bits, group_size=64, method=method)
+            errors[method] += relative_error(dequantize_weight(*q, 64), w)
     assert errors["sinq"] < errors["rtn"]
 
 

@@ -170,6 +170,15 @@ def quantize_variant(model, variant: str):
                   filter_fn=skip_lm_head)  # fmt: skip
 
 
+def greedy_decode(step, cache, token, count: int, position: int):
+    """``count`` greedy steps of the compiled model from ``position``; returns the last token and next position."""
+    for i in range(count):
+        pos = torch.tensor([position + i], device="cuda")
+        out = step(input_ids=token, past_key_values=cache, cache_position=pos, position_ids=pos[None])
+        token = out.logits[:, -1:].argmax(-1).clone()  # clone: the CUDA-graph output buffer is reused
+    return token, position + count
+
+
 @torch.no_grad()
 def bench_decode(args) -> list[dict]:
     from transformers import StaticCache
@@ -191,20 +200,11 @@ def bench_decode(args) -> list[dict]:
         logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
         token = logits[:, -1:].argmax(-1)
         compile_start = time.perf_counter()
-
-        def decode(count, position):
-            nonlocal token
-            for i in range(count):
-                pos = torch.tensor([position + i], device="cuda")
-                out = step(input_ids=token, past_key_values=cache, cache_position=pos, position_ids=pos[None])
-                token = out.logits[:, -1:].argmax(-1).clone()
-            return position + count
-
-        position = decode(3, 16)  # compile + graph capture
+        token, position = greedy_decode(step, cache, token, 3, 16)  # compile + graph capture
         torch.cuda.synchronize()
         compile_s = time.perf_counter() - compile_start
         start = time.perf_counter()
-        decode(args.tokens, position)
+        greedy_decode(step, cache, token, args.tokens, position)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,

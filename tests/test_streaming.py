@@ -112,11 +112,17 @@ def test_truncated_source_shard_is_named_and_destination_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "src"]  # no temporary folder left behind
 
 
-def test_missing_source_tensor_is_named(tmp_path):
-    source = save_source(tmp_path / "src", tiny_llama())
+def edited_source(folder, edit):
+    """A tiny Llama checkpoint in ``folder`` whose tensors went through ``edit(tensors)`` before saving."""
+    source = save_source(folder, tiny_llama())
     tensors = load_file(str(source / "model.safetensors"))
-    del tensors["model.layers.1.mlp.gate_proj.weight"]
+    edit(tensors)
     save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
+    return source
+
+
+def test_missing_source_tensor_is_named(tmp_path):
+    source = edited_source(tmp_path / "src", lambda tensors: tensors.pop("model.layers.1.mlp.gate_proj.weight"))
     with pytest.raises(CheckpointError, match=r"tensor 'model.layers.1.mlp.gate_proj.weight' of LlamaForCausalLM "
                        r"is missing from the checkpoint"):  # fmt: skip
         quantize_checkpoint(source, tmp_path / "q", progress=False)
@@ -124,10 +130,10 @@ def test_missing_source_tensor_is_named(tmp_path):
 
 
 def test_non_finite_weight_is_named_with_file_and_tensor(tmp_path):
-    source = save_source(tmp_path / "src", tiny_llama())
-    tensors = load_file(str(source / "model.safetensors"))
-    tensors["model.layers.0.self_attn.v_proj.weight"][3, 5] = float("inf")
-    save_file(tensors, str(source / "model.safetensors"), metadata={"format": "pt"})
+    def put_inf(tensors):
+        tensors["model.layers.0.self_attn.v_proj.weight"][3, 5] = float("inf")
+
+    source = edited_source(tmp_path / "src", put_inf)
     with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.self_attn.v_proj.weight' "
                        r"cannot be quantized: .*NaN/Inf"):  # fmt: skip
         quantize_checkpoint(source, tmp_path / "q", progress=False)

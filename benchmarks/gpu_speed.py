@@ -75,8 +75,9 @@ def copies_for(bytes_per_copy: int) -> int:
     return max(2, math.ceil(L2_OVERFLOW_BYTES / bytes_per_copy))
 
 
-def sinq_bytes(w: SINQTensor) -> int:
-    return sum(getattr(w, n).numel() * getattr(w, n).element_size() for n in w.tensor_data_names)
+def subclass_bytes(w: torch.Tensor) -> int:
+    """Bytes held by a torchao tensor subclass (SINQ or tinygemm): the sum over its inner tensors."""
+    return sum(getattr(w, n).nbytes for n in w.tensor_data_names)
 
 
 def clone_sinq(w: SINQTensor) -> SINQTensor:
@@ -112,10 +113,10 @@ def bench_layers(args) -> list[dict]:
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         sinq = SINQTensor.from_hp(weight, bits=4, group_size=64)
         bf16_ws = [weight] + [weight.clone() for _ in range(copies_for(weight.numel() * 2) - 1)]
-        sinq_ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(sinq_bytes(sinq)) - 1)]
+        sinq_ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(subclass_bytes(sinq)) - 1)]
         tiny = tinygemm_linear(weight)
         tiny_ws = [tiny.weight] + [tiny.weight._apply_fn_to_data(lambda t: t.clone())
-                                   for _ in range(copies_for(sinq_bytes(sinq)) - 1)]  # fmt: skip
+                                   for _ in range(copies_for(subclass_bytes(sinq)) - 1)]  # fmt: skip
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             row = {"N": n, "K": k, "M": m}
@@ -191,7 +192,7 @@ def bench_decode(args) -> list[dict]:
         torch.cuda.synchronize()
         quant_s = time.perf_counter() - start
         weights_gib = sum(
-            sinq_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
+            subclass_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
             for p in model.parameters()
         ) / 2**30
         prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")

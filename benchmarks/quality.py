@@ -92,7 +92,7 @@ def bits_per_weight(model) -> float | None:
     weights = [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), SINQTensor)]
     if not weights:
         return None
-    held = sum(getattr(w, name).nbytes for w in weights for name in w.tensor_data_names)
+    held = sum(w.stored_bytes() for w in weights)
     return round(8 * held / sum(w.numel() for w in weights), 4)
 
 

@@ -29,7 +29,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
     total = 0
     for p in model.parameters():
         if isinstance(p, SINQTensor):
-            total += sum(getattr(p, n).numel() * getattr(p, n).element_size() for n in p.tensor_data_names)
+            total += p.stored_bytes()
         else:
             total += p.numel() * p.element_size()
     return total

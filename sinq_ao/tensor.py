@@ -81,6 +81,10 @@ class SINQTensor(TorchAOBaseTensor):
         key = repr((type(self).__qualname__, attributes, inner))
         return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
+    def stored_bytes(self) -> int:
+        """Bytes this weight holds: packed codes, scales, zero-points and column scales."""
+        return sum(getattr(self, name).nbytes for name in self.tensor_data_names)
+
     @property
     def out_features(self) -> int:
         return self.shape[1] if self.transposed else self.shape[0]

@@ -82,12 +82,6 @@ def calibration_tokens(tokenizer, source=None, *, n_samples: int = 16, seq_len: 
     return torch.stack([ids[i * seq_len : (i + 1) * seq_len] for i in picks.tolist()])
 
 
-def quantize_options(config: SINQConfig) -> dict:
-    """The keyword arguments of :func:`sinq_ao.quantize.quantize_weight` that ``config`` stands for."""
-    return dict(bits=config.bits, group_size=config.group_size, method=config.method, scheme=config.scheme,
-                tiling=config.tiling, steps=config.steps, hqq_steps=config.hqq_steps)  # fmt: skip
-
-
 def _alpha_scale(mean_abs_x: torch.Tensor, mean_abs_w: torch.Tensor, alpha: float) -> torch.Tensor:
     """The AWQ-style column multiplier a (K,) of SPEC §6, normalised so that max(a) min(a) = 1."""
     a = (mean_abs_x.pow(alpha) / (mean_abs_w.pow(1 - alpha) + 1e-4)).clamp_min(1e-4)
@@ -102,7 +96,7 @@ def search_col_scale(
     Returns the column scale t of least output error ((K,) or (B, K), fp32), the winning alpha (None when
     plain SINQ won) and the L1 output error of every candidate ({alpha or None: error}).
     """
-    options = quantize_options(config)
+    options = config.quantize_options()
     base = quantize_weight(weight, **options).col_scale.float()
     levels = codebook(config.bits, config.scheme)
     w, x = weight.float(), x.float()
@@ -241,7 +235,7 @@ def asinq_quantize_(
                 col_scale, alphas[name], errors[name] = search_col_scale(
                     weight, torch.cat(record.rows).to(weight.device), (record.abs_sum / record.count), config
                 )
-                quantized = SINQTensor.from_hp(weight, **quantize_options(config), col_scale=col_scale)
+                quantized = SINQTensor.from_hp(weight, **config.quantize_options(), col_scale=col_scale)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"cannot A-SINQ-quantize {name}: {error}") from error
             module.weight = torch.nn.Parameter(quantized, requires_grad=False)

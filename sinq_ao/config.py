@@ -52,6 +52,11 @@ class SINQConfig(AOBaseConfig):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps={self.steps!r} must be a non-negative integer")
 
+    def quantize_options(self) -> dict:
+        """The keyword arguments of :func:`sinq_ao.quantize.quantize_weight` this config stands for."""
+        return dict(bits=self.bits, group_size=self.group_size, method=self.method, scheme=self.scheme,
+                    tiling=self.tiling, steps=self.steps, hqq_steps=self.hqq_steps)  # fmt: skip
+
 
 def sinq_config(**kwargs) -> SINQConfig:
     """Lowercase convenience: ``sinq_config(bits=3)`` is ``SINQConfig(bits=3)``."""
@@ -75,16 +80,7 @@ def _sinq_transform(module: torch.nn.Module, config: SINQConfig, *, parameter_na
     if isinstance(weight, SINQTensor):
         raise ValueError(f"{module!r}.{parameter_name} is already a SINQTensor; quantize the original model")
     try:
-        quantized = SINQTensor.from_hp(
-            weight.detach(),
-            bits=config.bits,
-            group_size=config.group_size,
-            method=config.method,
-            scheme=config.scheme,
-            tiling=config.tiling,
-            steps=config.steps,
-            hqq_steps=config.hqq_steps,
-        )
+        quantized = SINQTensor.from_hp(weight.detach(), **config.quantize_options())
     except (ValueError, TypeError) as error:
         raise type(error)(f"cannot SINQ-quantize {module!r}.{parameter_name}: {error}") from error
     setattr(module, parameter_name, torch.nn.Parameter(quantized, requires_grad=False))

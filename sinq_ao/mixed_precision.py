@@ -24,7 +24,7 @@ import torch
 from torchao.quantization import FqnToConfig
 from tqdm.auto import tqdm
 
-from .calibration import collect_inputs, linear_blocks, quantize_options
+from .calibration import collect_inputs, linear_blocks
 from .config import SINQConfig, skip_lm_head
 from .packing import packed_columns
 from .quantize import codebook, dequantize_weight, quantize_weight
@@ -52,7 +52,7 @@ def layer_errors(weight: torch.Tensor, config: SINQConfig, candidate_bits, chann
 
     weight (N, K); channel_weight c (K,) is E[x_k²] of the layer's inputs, or None (c = 1).
     """
-    options = quantize_options(config)
+    options = config.quantize_options()
     col_scale = quantize_weight(weight, **options).col_scale
     w = weight.float()
     c = torch.ones(w.shape[1], device=w.device) if channel_weight is None else channel_weight.float()

@@ -1,7 +1,7 @@
 """GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
 
     python benchmarks/gpu_speed.py layers  [--sweep] [--out results.json]
-    python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128]
+    python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
     python benchmarks/gpu_speed.py quant-time
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
@@ -10,8 +10,9 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             different weight copies (R chosen so they overflow the 50 MB L2), replayed and divided by R.
             --sweep also times candidate GEMV block sizes and reports the best per shape.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
-            config), torch.compile(mode="reduce-overhead") with a static KV cache: tokens/s for bf16, SINQ 4-bit g64
-            and torchao Int4WeightOnlyConfig (tinygemm).
+            config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
+            (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
+            SINQ 4-bit g64 and torchao Int4WeightOnlyConfig (tinygemm).
 quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run.
 """
 
@@ -30,11 +31,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
-from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, launch  # noqa: E402
+from sinq_ao.kernels import LaunchConfig, launch  # noqa: E402
 from sinq_ao.tensor import plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
 MS = [1, 4, 16, 64, 256]
+SWEEP_MAX_M = 16  # --sweep times the GEMV kernel up to this M (the dispatcher uses it up to GEMV_MAX_M)
 L2_OVERFLOW_BYTES = 256 * 2**20
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
@@ -93,14 +95,19 @@ def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
     return layer
 
 
-def gemv_candidates(m, n, k, bits):
+def gemv_candidates(m, n, k, bits, group_size=64):
+    """Launch configurations tried by --sweep: rows per program, groups per K step, warps, activation rows per
+    program; K split as default_config would (too few row blocks), and twice that."""
     configs = []
-    n_words = -(-k // 32) * bits
-    for block_n, block_words, warps in [(4, 256, 2), (8, 256, 2), (8, 512, 4), (16, 512, 4), (4, 512, 4),
-                                        (8, 1024, 8), (16, 256, 2), (32, 512, 4), (8, 64, 2)]:  # fmt: skip
-        auto_split = max(1, min(n_words // block_words, -(-2 * 132 // (-(-n // block_n) * m))))
-        for split in sorted({1, auto_split, 2 * auto_split}):
-            configs.append(LaunchConfig(block_n, block_words, split, warps))
+    n_groups = -(-k // group_size)
+    block_ms = [1] if m == 1 else sorted({min(m, 4), m})
+    for block_m in block_ms:
+        for block_n, groups, warps in [(4, 4, 2), (8, 2, 2), (8, 4, 2), (8, 8, 4), (16, 2, 2), (16, 4, 4),
+                                       (16, 8, 4), (32, 2, 4), (32, 4, 4), (32, 4, 8), (64, 2, 4), (8, 4, 1)]:  # fmt: skip
+            programs = -(-n // block_n) * -(-m // block_m)
+            auto_split = max(1, min(n_groups // groups, -(-2 * 132 // programs)))
+            for split in sorted({auto_split, 2 * auto_split}):
+                configs.append(LaunchConfig(block_n, groups, split, warps, block_m))
     return configs
 
 
@@ -125,7 +132,7 @@ def bench_layers(args) -> list[dict]:
             row["tinygemm_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in tiny_ws])
             if m >= 4:
                 row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
-            if args.sweep and m <= GEMV_MAX_M:
+            if args.sweep and m <= SWEEP_MAX_M:
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
                 for config in gemv_candidates(m, n, k, 4):
@@ -180,6 +187,39 @@ def greedy_decode(step, cache, token, count: int, position: int):
     return token, position + count
 
 
+class GraphedDecodeStep:
+    """One decode step of ``torch.compile(model)`` (Inductor, no CUDA graphs of its own) captured by hand in a
+    CUDA graph: token and position live in static buffers, the static KV cache is updated in place."""
+
+    def __init__(self, model, cache, token, position: int):
+        self.compiled = torch.compile(model, fullgraph=True)
+        self.cache = cache
+        self.token = token.clone()
+        self.position = torch.tensor([position], device="cuda")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # compile and warm up (writes the cache at `position`, rewritten by the first step)
+                self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.next_token = self._run()
+
+    def _run(self):
+        logits = self.compiled(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
+                               position_ids=self.position[None]).logits  # fmt: skip
+        return logits[:, -1:].argmax(-1)
+
+    def decode(self, token, count: int, position: int):
+        self.token.copy_(token)
+        for i in range(count):
+            self.position.fill_(position + i)
+            self.graph.replay()
+            self.token.copy_(self.next_token)
+        return self.token.clone(), position + count
+
+
 @torch.no_grad()
 def bench_decode(args) -> list[dict]:
     from transformers import StaticCache
@@ -197,22 +237,28 @@ def bench_decode(args) -> list[dict]:
         ) / 2**30
         prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")
         cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + args.tokens + 8)
-        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
         logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
         token = logits[:, -1:].argmax(-1)
         compile_start = time.perf_counter()
-        token, position = greedy_decode(step, cache, token, 3, 16)  # compile + graph capture
+        if args.graph == "manual":
+            graphed = GraphedDecodeStep(model, cache, token, 16)
+            token, position = graphed.decode(token, 3, 16)
+            run = graphed.decode
+        else:
+            step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+            token, position = greedy_decode(step, cache, token, 3, 16)  # compile + graph capture
+            run = lambda token, count, position: greedy_decode(step, cache, token, count, position)  # noqa: E731
         torch.cuda.synchronize()
         compile_s = time.perf_counter() - compile_start
         start = time.perf_counter()
-        greedy_decode(step, cache, token, args.tokens, position)
+        run(token, args.tokens, position)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
-               "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
+               "graph": args.graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
         rows.append(row)
         log(json.dumps(row))
-        del model, step, cache
+        del model, cache, run
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)
@@ -262,6 +308,9 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
     parser.add_argument("--layers", type=int, default=32, help="decoder layers of the 8B-shaped model")
     parser.add_argument("--tokens", type=int, default=128, help="tokens to decode (decode)")
+    parser.add_argument("--graph", choices=["manual", "reduce-overhead"], default="manual",
+                        help="decode: capture the compiled step in a CUDA graph by hand, or torch.compile's "
+                        "mode='reduce-overhead' (CUDA graph trees)")
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)

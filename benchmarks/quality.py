@@ -4,6 +4,10 @@ Every method keeps ``lm_head`` (and so a tied embedding) in high precision. Each
 the ``--out`` JSON at once (atomically), and a rerun skips the rows already there, so the table resumes.
 
     python benchmarks/quality.py --models smollm2-135m --bits 3 4 --group-sizes 64 128 --max-windows 8
+
+Tokenizing on one machine and evaluating on another (e.g. when the GPU machine's transformers tokenizes a GGUF
+model differently): ``--save-tokens DIR`` writes each model's token ids of the eval (and calibration) text and
+exits; ``--tokens DIR`` evaluates on those ids instead of tokenizing.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from sinq_ao.baselines import hqq_quantize_  # noqa: E402
 from sinq_ao.calibration import asinq_quantize_, calibration_tokens  # noqa: E402
 from sinq_ao.mixed_precision import plan_mixed_precision  # noqa: E402
 from sinq_ao.tensor import SINQTensor  # noqa: E402
-from sinq_ao.evaluate import load_eval_text, perplexity  # noqa: E402
-from sinq_ao.models import DEFAULT_MODEL, load_model  # noqa: E402
+from sinq_ao.evaluate import load_eval_text, perplexity, token_ids  # noqa: E402
+from sinq_ao.models import DEFAULT_MODEL, load_model, resolve_model  # noqa: E402
 
 # name -> quantize(model, *, bits, group_size, calibration_text) in place. Add variants here.
 Quantizer = Callable[..., None]
@@ -55,7 +59,10 @@ def _asinq(model, *, bits, group_size, calibration_text=None) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
-    source = None if calibration_text is None else tokenizer(calibration_text, return_tensors="pt").input_ids[0]
+    if calibration_text is None or isinstance(calibration_text, torch.Tensor):  # no text, or token ids already
+        source = calibration_text
+    else:
+        source = tokenizer(calibration_text, return_tensors="pt").input_ids[0]
     tokens = calibration_tokens(tokenizer, source, n_samples=8, seq_len=256)
     asinq_quantize_(model, tokens, SINQConfig(bits=bits, group_size=group_size), batch_size=8)
 
@@ -122,7 +129,41 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_row(model_name: str, method: str, bits, group_size, args, text: str, calibration: str | None) -> dict:
+def tokens_file(folder: Path, model_name: str) -> Path:
+    return folder / f"{Path(model_name).name}.tokens.pt"
+
+
+def save_tokens(args, text: str, calibration: str | None) -> None:
+    """Tokenize the eval (and calibration) text with each model's tokenizer into ``--save-tokens``; no model loads."""
+    from transformers import AutoTokenizer
+
+    from sinq_ao.evaluate import token_ids
+
+    for model_name in args.models:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
+        record = {"model": model_name, "eval": token_ids(tokenizer, text),
+                  "calibration": None if calibration is None else token_ids(tokenizer, calibration),
+                  "tokenizer": type(tokenizer).__name__}  # fmt: skip
+        path = tokens_file(args.save_tokens, model_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+            torch.save(record, file)
+        os.replace(file.name, path)
+        print(f"[quality] {model_name}: {record['eval'].numel()} eval tokens -> {path}", flush=True)
+
+
+def load_tokens(folder: Path, model_name: str) -> dict:
+    path = tokens_file(folder, model_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"no token ids for {model_name} at {path}; write them with --save-tokens")
+    record = torch.load(path, weights_only=True)
+    if record.get("model") != model_name:
+        raise ValueError(f"{path} holds the tokens of {record.get('model')!r}, not {model_name!r}")
+    return record
+
+
+def run_row(model_name: str, method: str, bits, group_size, args, text, calibration) -> dict:
+    """One table row; ``text`` and ``calibration`` are strings or token ids (``--tokens``)."""
     model, tokenizer = load_model(model_name, dtype=getattr(torch, args.dtype), device=args.device)
     _sync(args.device)
     start = time.perf_counter()
@@ -131,7 +172,7 @@ def run_row(model_name: str, method: str, bits, group_size, args, text: str, cal
     quantize_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ppl = perplexity(model, tokenizer, text, seq_len=args.seq_len, max_windows=args.max_windows)
-    windows = min(len(tokenizer(text, verbose=False).input_ids) // args.seq_len, args.max_windows or 10**9)
+    windows = min(token_ids(tokenizer, text).numel() // args.seq_len, args.max_windows or 10**9)
     return {
         "model": model_name, "method": method, "bits": bits, "group_size": group_size, "seq_len": args.seq_len,
         "max_windows": args.max_windows, "device": args.device, "windows": windows, "perplexity": ppl,
@@ -187,14 +228,21 @@ def parse_args(argv=None):
                         help="evaluation text file (default: the shared WikiText-2 copy, else `datasets`)")
     parser.add_argument("--calibration-text", default=None,
                         help="text file handed to methods that calibrate (none of the default ones do)")
+    parser.add_argument("--save-tokens", type=Path, default=None, metavar="DIR",
+                        help="write each model's token ids of the eval/calibration text to DIR, then exit")
+    parser.add_argument("--tokens", type=Path, default=None, metavar="DIR",
+                        help="evaluate (and calibrate) on the token ids in DIR instead of tokenizing")
     parser.add_argument("--out", type=Path, default=Path("results/quality.json"), help="results JSON (resumed)")
     return parser.parse_args(argv)  # fmt: skip
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    text = load_eval_text(args.eval_text)
+    text = None if args.tokens else load_eval_text(args.eval_text)
     calibration = Path(args.calibration_text).read_text(encoding="utf-8") if args.calibration_text else None
+    if args.save_tokens:
+        save_tokens(args, text, calibration)
+        return
     rows = load_rows(args.out)
     done = {row_key(r): r for r in rows}
     wanted = []
@@ -203,6 +251,9 @@ def main(argv=None) -> None:
         if key not in done:
             label = f"{model_name} {method}" + (f" {bits}-bit g{group_size}" if bits else "")
             print(f"[quality] {label} ...", flush=True)
+            if args.tokens:
+                record = load_tokens(args.tokens, model_name)
+                text, calibration = record["eval"], record["calibration"]
             done[key] = run_row(model_name, method, bits, group_size, args, text, calibration)
             rows.append(done[key])
             save_rows(args.out, rows)

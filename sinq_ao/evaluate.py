@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["SHARED_WIKITEXT", "load_eval_text", "perplexity", "wikitext_rows"]
+__all__ = ["SHARED_WIKITEXT", "load_eval_text", "perplexity", "token_ids", "wikitext_rows"]
 
 # The offline copy shared next to the project checkout (see its README); never copied into the project.
 SHARED_WIKITEXT = Path(__file__).resolve().parents[1].parent / "shared" / "eval-data" / "wikitext-2-raw-v1.test.raw"
@@ -51,20 +51,32 @@ def load_eval_text(path: str | None = None) -> str:
         ) from error
 
 
+def token_ids(tokenizer, text: str | torch.Tensor) -> torch.Tensor:
+    """The 1-D token ids of ``text`` (tokenized once, BOS as the tokenizer adds it), or ``text`` itself when it
+    already is a 1-D integer tensor of ids."""
+    if isinstance(text, torch.Tensor):
+        if text.ndim != 1 or text.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"token ids must be a 1-D integer tensor, got {text.dtype} of shape {tuple(text.shape)}")
+        return text.long()
+    return tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+
+
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str, *, seq_len: int = 2048, max_windows: int | None = None,
+def perplexity(model, tokenizer, text: str | torch.Tensor, *, seq_len: int = 2048, max_windows: int | None = None,
                progress: bool = True) -> float:  # fmt: skip
     """exp(mean next-token NLL) of ``model`` over non-overlapping ``seq_len``-token windows of ``text``.
 
-    The text is tokenized once (with BOS when the tokenizer adds one). ``max_windows`` evaluates only the
-    first windows (a slice). Runs on the model's device, quantized or not; the loss is computed in fp32.
+    The text is tokenized once (with BOS when the tokenizer adds one); ``text`` may instead be the token ids
+    already (a 1-D integer tensor, e.g. tokenized on another machine; ``tokenizer`` is then unused).
+    ``max_windows`` evaluates only the first windows (a slice). Runs on the model's device, quantized or not;
+    the loss is computed in fp32.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ValueError(f"seq_len={seq_len!r} must be an integer >= 2")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
                                     or max_windows < 1):  # fmt: skip
         raise ValueError(f"max_windows={max_windows!r} must be a positive integer or None")
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+    ids = token_ids(tokenizer, text)
     windows = ids.numel() // seq_len
     if windows == 0:
         raise ValueError(f"the text is {ids.numel()} tokens long, shorter than one window (seq_len={seq_len})")

@@ -160,6 +160,13 @@ def sinq_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None =
     if kernels.kernel_supports(x, weight.bits, weight.group_size, weight.tiling, weight.scheme):
         return kernels.fused_linear(x, weight.qdata, weight.scale, weight.zero_point, weight.act_pre_scale, bias,
                                     weight.bits, weight.group_size)  # fmt: skip
+    if not torch.compiler.is_compiling() and kernels.format_supported(
+        x, weight.bits, weight.group_size, weight.tiling, weight.scheme
+    ):  # eager GPU, larger M: unpack with one kernel (PyTorch's unpack is many small ones), then cuBLAS
+        dense = kernels.dequantize(weight.qdata, weight.scale, weight.zero_point, weight.bits, weight.group_size,
+                                   weight.in_features, x.dtype)  # fmt: skip
+        x = x * weight.act_pre_scale.to(x.dtype)
+        return F.linear(x, dense, None if bias is None else bias.to(x.dtype))
     return plain_linear(x, weight, bias)
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import LaunchConfig, launch
+from sinq_ao.kernels import LaunchConfig, dequantize, launch
 
 
 def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None, seed=0, bias=True) -> float:
@@ -25,6 +25,18 @@ def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None,
     return ((y.double() - reference).norm() / reference.norm()).item()
 
 
+def dequantize_relative_error(bits, n, k, group_size, dtype, device, seed=0) -> float:
+    """Relative error of the unpack kernel against SINQTensor.dequantize (without t), float64 reference."""
+    gen = torch.Generator().manual_seed(seed)
+    w = SINQTensor.from_hp(torch.randn(n, k, generator=gen).to(device=device, dtype=dtype), bits=bits,
+                           group_size=group_size)  # fmt: skip
+    reference = w.dequantize(torch.float64, with_col_scale=False)
+    dense = dequantize(w.qdata, w.scale, w.zero_point, bits, group_size, k, dtype)
+    if dense.shape != reference.shape or not torch.isfinite(dense).all():
+        return float("inf")
+    return ((dense.double() - reference).norm() / reference.norm()).item()
+
+
 # Small cases for the CPU interpreter: every kernel bit width, with and without split-K, M up to GEMV_MAX_M, ragged N
 # and K (the last group shorter, K not a multiple of 32), several groups per K step.
 INTERPRETER_CASES = [
@@ -32,9 +44,10 @@ INTERPRETER_CASES = [
     for bits in (2, 4, 8)
     for m, n, k, g, config in [
         (1, 24, 192, 64, None),
-        (3, 40, 320, 64, LaunchConfig(16, 8, split_k=3)),  # uneven split
-        (2, 16, 576, 128, LaunchConfig(8, 16, split_k=2)),  # K = 4.5 groups: ragged last group
-        (4, 16, 200, 64, LaunchConfig(4, 32)),  # K not a multiple of 32
+        (3, 40, 320, 64, LaunchConfig(16, 2, split_k=3, block_m=4)),  # uneven split, one block of 3 rows
+        (2, 16, 576, 128, LaunchConfig(8, 2, split_k=2)),  # K = 4.5 groups: ragged last group; one m per block
+        (4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
+        (7, 24, 256, 64, LaunchConfig(8, 2, block_m=4)),  # M not a multiple of the row block
     ]
 ]
 
@@ -48,6 +61,10 @@ def run_interpreter_cases() -> None:
             error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
             print(f"{dtype} bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, m, n, k, g, error)
+        for bits, n, k, g in [(2, 24, 192, 64), (4, 40, 200, 64), (8, 17, 576, 128)]:
+            error = dequantize_relative_error(bits, n, k, g, dtype, "cpu")
+            print(f"{dtype} dequantize bits={bits} N={n} K={k} g={g}: {error:.2e}", flush=True)
+            assert error < tolerance, (dtype, bits, n, k, g, error)
     print("interpreter cases passed")
 
 
@@ -61,13 +78,21 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from sinq_ao.kernels.triton_kernels import sinq_gemv_kernel, splitk_reduce_kernel
+    from sinq_ao.kernels.triton_kernels import (
+        dequantize_kernel,
+        prepare_activations_kernel,
+        sinq_gemv_kernel,
+        splitk_reduce_kernel,
+    )
 
-    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32"}
-    common = {"BITS": bits, "GROUP": group_size, "HAS_BIAS": True}
+    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "xd_ptr": "*fp32", "gsum_ptr": "*fp32"}  # fmt: skip
+    common = {"BITS": bits, "GROUP": group_size}
     kernels = [
-        (sinq_gemv_kernel, {**common, "PARTIAL": True, "BLOCK_N": 8, "BLOCK_WORDS": 512}),
+        (prepare_activations_kernel, {**common, "BLOCK_K": 1024}),
+        (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
+                            "GROUPS_PER_STEP": 4, "EVEN_K": False}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
+        (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
     ]
     names = []
     for kernel, constants in kernels:

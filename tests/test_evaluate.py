@@ -43,6 +43,18 @@ def test_max_windows_evaluates_only_the_first_windows():
     assert result == pytest.approx(math.exp(first), rel=1e-5)
 
 
+def test_token_ids_given_instead_of_text_give_the_same_perplexity():
+    model, ids = tiny_model(), CharTokenizer()(TEXT).input_ids[0]
+    from_text = perplexity(model, CharTokenizer(), TEXT, seq_len=32, progress=False)
+    assert perplexity(model, None, ids.to(torch.int32), seq_len=32, progress=False) == from_text
+
+
+@pytest.mark.parametrize("ids", [torch.zeros(2, 64, dtype=torch.long), torch.zeros(64)])
+def test_token_ids_that_are_not_a_1d_integer_tensor_are_refused(ids):
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        perplexity(tiny_model(), None, ids, seq_len=32, progress=False)
+
+
 def test_text_shorter_than_one_window_is_refused():
     with pytest.raises(ValueError, match="shorter than one window"):
         perplexity(tiny_model(), CharTokenizer(), "short", seq_len=32, progress=False)

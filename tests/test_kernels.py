@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from sinq_ao import SINQConfig, SINQTensor
+from sinq_ao.kernels import LaunchConfig
 from tests.helpers import relative_error, requires_cuda
-from tests.kernel_checks import compile_for_hopper, kernel_relative_error
+from tests.kernel_checks import compile_for_hopper, dequantize_relative_error, kernel_relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
@@ -41,7 +42,7 @@ def test_kernels_match_reference_under_the_triton_interpreter():
 @requires_triton
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernels_compile_for_hopper_without_a_gpu(bits):
-    assert len(compile_for_hopper(bits)) == 2
+    assert len(compile_for_hopper(bits)) == 4
 
 
 @requires_cuda
@@ -56,6 +57,37 @@ def test_kernels_match_reference_on_gpu_over_random_shapes(bits, dtype):
         group_size = [64, 128][case % 2]
         error = kernel_relative_error(bits, m, n, k, group_size, dtype, "cuda", seed=case)
         assert error < 1e-2, (bits, m, n, k, group_size, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_kernel_launch_configs_match_reference_on_gpu(bits):
+    """Block shapes the sweep tries, incl. several activation rows per program and M not a multiple of it."""
+    configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4), LaunchConfig(32, 2, 2, 4, 16),
+               LaunchConfig(64, 2, 1, 4, 8), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4)]  # fmt: skip
+    gen = torch.Generator().manual_seed(100 + bits)
+    for case, config in enumerate(configs):
+        m = [1, 3, 16, 11, 9, 4][case]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
+        k = int(torch.randint(2, 40, (1,), generator=gen)) * 64
+        error = kernel_relative_error(bits, m, n, k, 64, torch.bfloat16, "cuda", config=config, seed=case)
+        assert error < 1e-2, (bits, config, m, n, k, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_dequantize_kernel_matches_reference_on_gpu(bits):
+    for case, (n, k, g) in enumerate([(4096, 4096, 64), (100, 576, 128), (33, 200, 64)]):
+        assert dequantize_relative_error(bits, n, k, g, torch.bfloat16, "cuda", seed=case) < 1e-2
+
+
+@requires_cuda
+def test_eager_gpu_linear_beyond_the_gemv_uses_the_unpack_kernel_and_matches_plain_path():
+    w = SINQTensor.from_hp(torch.randn(96, 320, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+    x = torch.randn(3, 11, 320, device="cuda", dtype=torch.bfloat16)
+    from sinq_ao.tensor import plain_linear
+
+    assert relative_error(torch.nn.functional.linear(x, w).float(), plain_linear(x, w).float()) < 1e-2
 
 
 @requires_cuda

@@ -17,7 +17,7 @@ import torch
 try:
     import triton
 
-    from .triton_kernels import sinq_gemv_kernel, splitk_reduce_kernel
+    from .triton_kernels import dequantize_kernel, prepare_activations_kernel, sinq_gemv_kernel, splitk_reduce_kernel
 except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path is used instead.
     triton = None
 
@@ -25,43 +25,61 @@ GEMV_MAX_M = 4
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _REDUCE_BLOCK = 1024
+_PREPARE_BLOCK = 1024
 
 
 class LaunchConfig(NamedTuple):
     block_n: int  # output rows per program
-    block_words: int  # packed int32 words per row per K step
-    split_k: int = 1  # K slices, summed by splitk_reduce_kernel
+    groups_per_step: int  # quantization groups per row per K step
+    split_k: int = 1  # K slices (whole groups), summed by splitk_reduce_kernel
     num_warps: int = 4
+    block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
 
 
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def default_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> LaunchConfig:
-    """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes, m <= GEMV_MAX_M.
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
 
-    From `benchmarks/gpu_speed.py layers --sweep` on an H100: 8 rows x 256 words with 2 warps was best or within 10%
-    of the best on every Llama-shaped layer; K is split only when there are too few row blocks to fill the GPU.
+
+def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
+    """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
+
+    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_sweep.json): for one
+    activation row, 8 rows x 32 words per step with 2 warps (4 words per thread) was best or within a few % on
+    every Llama-shaped layer; for 2-4 rows, 64 rows x 16 words with 4 warps (the activations loaded once per
+    thread serve two weight rows). K is split (at group boundaries) until about 4 programs per SM exist.
     """
-    block_n, block_words, num_warps = 8, 256, 2
-    n_words = -(-k // 32) * bits
-    programs = -(-n // block_n) * m
-    split_k = max(1, min(n_words // block_words, -(-2 * sm_count // programs)))
-    return LaunchConfig(block_n, block_words, split_k, num_warps)
+    words_per_group = max(1, group_size * bits // 32)
+    if m == 1:
+        block_m, block_n, words_per_step, num_warps = 1, 8, 32, 2
+    else:
+        block_m, block_n, words_per_step, num_warps = min(_next_power_of_two(m), GEMV_MAX_M), 64, 16, 4
+    groups_per_step = max(1, words_per_step // words_per_group)
+    n_groups = -(-k // group_size)
+    programs = -(-n // block_n) * -(-m // block_m)
+    split_k = max(1, min(n_groups // groups_per_step, -(-4 * sm_count // programs)))
+    return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
 
 
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
     """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs)."""
+    return x.numel() <= GEMV_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
+
+
+def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
+    """Whether the Triton kernels read this weight format for these activations (any M)."""
     return (
         triton is not None
         and x.is_cuda
         and x.dtype in KERNEL_DTYPES
-        and x.numel() <= GEMV_MAX_M * x.shape[-1]
         and bits in KERNEL_BITS
         and tiling == "1D"
         and scheme in ("asymmetric", "symmetric")
         and group_size % 32 == 0
+        and group_size & (group_size - 1) == 0  # a power of two: the kernels tile groups with tl.arange
     )
 
 
@@ -69,24 +87,50 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     """Run the GEMV for x (M, K) into y (M, N); ``launcher`` wraps each kernel (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
-    config = config or default_config(m, n, k, bits, _sm_count(x.device))
+    config = config or default_config(m, n, k, bits, group_size, _sm_count(x.device))
     wrap = launcher or (lambda kernel: kernel)
+    n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
+    xd = torch.empty(m, 32 // bits, n_words, device=x.device, dtype=torch.float32)
+    gsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
+    block_k = max(_PREPARE_BLOCK, group_size)
+    wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
+        x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_groups, BITS=bits, GROUP=group_size, BLOCK_K=block_k,
+    )  # fmt: skip
     has_bias = bias is not None
     bias = bias if has_bias else y
     partial = config.split_k > 1
     out = torch.empty(config.split_k, m, n, device=x.device, dtype=torch.float32) if partial else y
-    words_per_split = triton.cdiv(triton.cdiv(k, 32) * bits, config.split_k)
-    wrap(sinq_gemv_kernel)[(triton.cdiv(n, config.block_n), config.split_k, m)](
-        x, qdata, scale, zero_point, act_pre_scale, bias, out, n, k, x.stride(0), qdata.stride(0),
-        scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
-        HAS_BIAS=has_bias, PARTIAL=partial, BLOCK_N=config.block_n, BLOCK_WORDS=config.block_words,
-        num_warps=config.num_warps,
+    words_per_group = group_size * bits // 32
+    words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
+    step = config.groups_per_step * words_per_group
+    even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words  # no partial steps
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
+    wrap(sinq_gemv_kernel)[grid](
+        xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_groups, qdata.stride(0), scale.stride(0),
+        out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
+        PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step,
+        EVEN_K=even_k, num_warps=config.num_warps,
     )  # fmt: skip
     if partial:
         wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
         )  # fmt: skip
     return y
+
+
+def dequantize(qdata, scale, zero_point, bits: int, group_size: int, in_features: int, dtype) -> torch.Tensor:
+    """The (N, K) weight s ⊙ (Q − z) in ``dtype`` (no column scale), unpacked by one Triton kernel: the eager
+    fallback for products too large for the GEMV (under torch.compile Inductor fuses the PyTorch unpack)."""
+    n = qdata.shape[0]
+    if scale.stride() != zero_point.stride():
+        scale, zero_point = scale.contiguous(), zero_point.contiguous()
+    dense = torch.empty(n, in_features, device=qdata.device, dtype=dtype)
+    block_n, block_k = 16, 256
+    dequantize_kernel[(triton.cdiv(n, block_n), triton.cdiv(in_features, block_k))](
+        qdata, scale, zero_point, dense, n, in_features, qdata.stride(0), scale.stride(0), dense.stride(0),
+        BITS=bits, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+    )  # fmt: skip
+    return dense
 
 
 @torch.library.triton_op("sinq_ao::linear", mutates_args=())

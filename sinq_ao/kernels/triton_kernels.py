@@ -1,16 +1,26 @@
-"""Triton GEMV for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v1, see sinq_ao.packing).
+"""Triton kernels for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v1, see sinq_ao.packing).
 
-For power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS consecutive codes. The kernel loads
-a [BLOCK_N, BLOCK_WORDS] tile of words, contiguous along K, and takes the PER code positions of every word one at a
-time (``(words >> p * BITS) & mask``): each slice keeps the words' register layout, so unpacking is elementwise and
-nothing is reshaped or transposed in registers. With BLOCK_WORDS = 4 x 32 x num_warps the whole CTA spreads along
-K and every thread holds all BLOCK_N rows of its columns, so each gathered activation (code p of word f is column
-f * PER + p) is loaded once and used for BLOCK_N rows. The column scale t multiplies the activations as they are
-loaded, and the dequantized weight never touches memory.
+For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS consecutive codes: code p of
+word f is column k = f * PER + p. A call runs two kernels (three with split-K):
 
-Per word, y += s (Σ_p Q_p x'_p − z Σ_p x'_p): scale and zero-point are applied per word, not per code, and the
-per-word products are reduced across the tile once, at the end. With SPLIT_K > 1, K slices write fp32 partial sums
-that ``splitk_reduce_kernel`` adds up (deterministic: no atomics).
+``prepare_activations_kernel`` (once per call, O(M·K)) multiplies the activations by the column scale t and
+writes them *de-interleaved*, ``xd[m, p, f] = (t ⊙ x)[m, f * PER + p] · 2^-e(p)``, so that the GEMV loads, for
+each code position p, a contiguous run of activations that lines up with the words it multiplies (vector loads,
+no gathers). It also writes the per-group sums ``gsum[m, g] = Σ_{k in g} (t ⊙ x)[m, k]`` for the zero-point term.
+
+``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
+a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group), and
+
+    y[m, n] += Σ_g s[n, g] · (Σ_{k in g} Q[n, k] x'[m, k] − z[n, g] · gsum[m, g]).
+
+Codes become floats without a shift or an int->float conversion: masking code p *in place* and or-ing the bits of
+2^23 gives the float 2^23 + Q · 2^e(p) exactly (while the field stays below bit 23), so one subtraction yields
+Q · 2^e(p), and the 2^-e(p) folded into xd cancels it. Fields that reach bit 23 or above are taken from the word
+shifted right by HI_SHIFT (one shift per word, not per code). All activation rows of a block (BLOCK_M of them)
+share each unpacked code, so small batches read the weight once.
+
+With SPLIT_K > 1, K slices (whole groups) write fp32 partial sums that ``splitk_reduce_kernel`` adds up
+(deterministic: no atomics).
 """
 
 import triton
@@ -18,48 +28,103 @@ import triton.language as tl
 
 
 @triton.jit
-def sinq_gemv_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, bias_ptr, out_ptr,
-    N, K, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
-    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_WORDS: tl.constexpr,
+def _exponent(p, BITS: tl.constexpr):
+    """e(p): where code p's field sits after masking (in the word, or in the word >> HI_SHIFT)."""
+    HI_SHIFT: tl.constexpr = 12
+    shift = p * BITS
+    return tl.where(shift + BITS <= 23, shift, shift - HI_SHIFT)
+
+
+@triton.jit
+def prepare_activations_kernel(
+    x_ptr, t_ptr, xd_ptr, gsum_ptr, K, stride_xm, n_words, n_groups,
+    BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """xd[m, p, f] = (t ⊙ x)[m, f·PER + p] · 2^-e(p) (0 past K) and gsum[m, g]; grid (cdiv(K_pad, BLOCK_K), M)."""
     PER: tl.constexpr = 32 // BITS
+    m = tl.program_id(1)
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    inside = k < K
+    xt = tl.load(x_ptr + m * stride_xm + k, mask=inside, other=0.0).to(tl.float32)
+    xt = xt * tl.load(t_ptr + k, mask=inside, other=0.0).to(tl.float32)
+    p = k % PER
+    factor = ((127 - _exponent(p, BITS)) << 23).to(tl.float32, bitcast=True)  # exactly 2^-e(p)
+    tl.store(xd_ptr + m * PER * n_words + p * n_words + k // PER, xt * factor, mask=k < n_words * PER)
+    groups = tl.program_id(0) * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
+    sums = tl.sum(tl.reshape(xt, (BLOCK_K // GROUP, GROUP)), axis=1)
+    tl.store(gsum_ptr + m * n_groups + groups, sums, mask=groups < n_groups)
+
+
+@triton.jit
+def sinq_gemv_kernel(
+    xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, n_words, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    """out[m, n] for BLOCK_M activation rows x BLOCK_N output rows over one K slice; grid (N/BN, SPLIT_K, M/BM)."""
+    PER: tl.constexpr = 32 // BITS
+    WPG: tl.constexpr = GROUP // PER  # packed words per group
     MASK: tl.constexpr = (1 << BITS) - 1
-    split, m = tl.program_id(1), tl.program_id(2)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = (rows < N)[:, None]
-    n_words = tl.cdiv(K, 32) * BITS
-    first = split * words_per_split
+    HI_SHIFT: tl.constexpr = 12  # as in _exponent
+    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
+    split = tl.program_id(1)
+    m0 = tl.program_id(2) * BLOCK_M
+    first = split * words_per_split  # a multiple of WPG: slices hold whole groups
     last = tl.minimum(first + words_per_split, n_words)
-    row_ptrs = q_ptr + rows[:, None].to(tl.int64) * stride_qn
-    sz_ptrs = rows[:, None] * stride_sn
-    x_row = x_ptr + m * stride_xm
-    acc = tl.zeros((BLOCK_N, BLOCK_WORDS), dtype=tl.float32)
-    for w0 in range(first, last, BLOCK_WORDS):
-        f = w0 + tl.arange(0, BLOCK_WORDS)
-        mask = row_mask & (f < last)[None, :]
-        words = tl.load(row_ptrs + f[None, :], mask=mask, other=0)
-        groups = (f * PER // GROUP)[None, :]
-        s = tl.load(s_ptr + sz_ptrs + groups, mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sz_ptrs + groups, mask=mask, other=0.0).to(tl.float32)
-        dot = tl.zeros((BLOCK_N, BLOCK_WORDS), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_WORDS,), dtype=tl.float32)
+    # Tiles are [row, group, word]; activation tiles are [1, group, word] so that every tile shares the words'
+    # register layout (no shuffles through shared memory). Per activation row m the kernel keeps its own
+    # accumulators (tuples, unrolled over BLOCK_M), and each unpacked code is used for all of them.
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None, None]
+    gi = tl.arange(0, GROUPS_PER_STEP)[None, :, None]
+    wi = gi * WPG + tl.arange(0, WPG)[None, None, :]  # word offsets within a step
+    row_ok = rows < N
+    q_rows = q_ptr + rows.to(tl.int64) * stride_qn
+    sz_rows = rows * stride_sn
+    accs = ()
+    for mi in tl.static_range(BLOCK_M):
+        accs = accs + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, 1), dtype=tl.float32),)
+    for w0 in range(first, last, GROUPS_PER_STEP * WPG):
+        f = w0 + wi
+        k_ok = f < last
+        words = tl.load(q_rows + f, mask=row_ok if EVEN_K else row_ok & k_ok, other=0)
+        hi = words >> HI_SHIFT
+        dots = ()
+        for mi in tl.static_range(BLOCK_M):
+            dots = dots + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
         for p in tl.static_range(PER):
-            k = f * PER + p
-            k_mask = (k < K) & (f < last)
-            xk = tl.load(x_row + k, mask=k_mask, other=0.0).to(tl.float32)
-            xk = xk * tl.load(t_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            dot += ((words >> (p * BITS)) & MASK).to(tl.float32) * xk[None, :]
-            x_sum += xk
-        acc += s * (dot - z * x_sum[None, :])
-    y = tl.sum(acc, axis=1)
-    if PARTIAL:
-        tl.store(out_ptr + split * stride_osplit + m * stride_om + rows, y, mask=rows < N)
-    else:
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+            if p * BITS + BITS <= 23:
+                field = words & (MASK << (p * BITS))
+            else:
+                field = hi & (MASK << (p * BITS - HI_SHIFT))
+            code = (field | MAGIC).to(tl.float32, bitcast=True) - 8388608.0  # Q · 2^e(p), exact
+            updated = ()
+            for mi in tl.static_range(BLOCK_M):
+                x_ok = (m0 + mi < M) if EVEN_K else (m0 + mi < M) & k_ok
+                xp = tl.load(xd_ptr + (m0 + mi) * (PER * n_words) + p * n_words + f, mask=x_ok, other=0.0)
+                updated = updated + (dots[mi] + code * xp,)
+            dots = updated
+        g = w0 // WPG + gi
+        g_ok = g * WPG < last
+        s = tl.load(s_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
+        updated = ()
+        for mi in tl.static_range(BLOCK_M):
+            gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(m0 + mi < M) & g_ok, other=0.0)
+            updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - z * gs),)
+        accs = updated
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if HAS_BIAS and not PARTIAL:
+        bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+    for mi in tl.static_range(BLOCK_M):
+        y = tl.sum(tl.sum(accs[mi], axis=2), axis=1)  # [BLOCK_N]
+        out_mask = (rows < N) & (m0 + mi < M)
+        if PARTIAL:
+            tl.store(out_ptr + split * stride_osplit + (m0 + mi) * stride_om + rows, y, mask=out_mask)
+        else:
+            if HAS_BIAS:
+                y += bias
+            tl.store(out_ptr + (m0 + mi) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -75,3 +140,20 @@ def splitk_reduce_kernel(partial_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K:
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + (i // N) * stride_ym + n, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, stride_wn,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """w[n, k] = s[n, g] · (Q[n, k] − z[n, g]) in w's dtype, without t (applied to the activations); grid over
+    (N / BLOCK_N, K / BLOCK_K). Output elements are contiguous per thread; each word is read PER times (cached)."""
+    PER: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+    mask = (rows < N) & (k < K)
+    words = tl.load(q_ptr + rows.to(tl.int64) * stride_qn + k // PER, mask=mask, other=0)
+    code = ((words >> ((k % PER) * BITS)) & MASK).to(tl.float32)
+    s = tl.load(s_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
+    tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code - z)).to(w_ptr.dtype.element_ty), mask=mask)

@@ -6,6 +6,7 @@ import hashlib
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 from torch.utils._python_dispatch import return_and_correct_aliasing
 from torchao.utils import TorchAOBaseTensor, fill_defaults
 
@@ -160,14 +161,19 @@ def sinq_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None =
     if kernels.kernel_supports(x, weight.bits, weight.group_size, weight.tiling, weight.scheme):
         return kernels.fused_linear(x, weight.qdata, weight.scale, weight.zero_point, weight.act_pre_scale, bias,
                                     weight.bits, weight.group_size)  # fmt: skip
-    if not torch.compiler.is_compiling() and kernels.format_supported(
-        x, weight.bits, weight.group_size, weight.tiling, weight.scheme
-    ):  # eager GPU, larger M: unpack with one kernel (PyTorch's unpack is many small ones), then cuBLAS
+    if _eager(x) and kernels.format_supported(x, weight.bits, weight.group_size, weight.tiling, weight.scheme):
+        # eager GPU, larger M: unpack with one kernel (PyTorch's unpack is many small ones), then cuBLAS
         dense = kernels.dequantize(weight.qdata, weight.scale, weight.zero_point, weight.bits, weight.group_size,
                                    weight.in_features, x.dtype)  # fmt: skip
         x = x * weight.act_pre_scale.to(x.dtype)
         return F.linear(x, dense, None if bias is None else bias.to(x.dtype))
     return plain_linear(x, weight, bias)
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """Real eager execution: not traced by Dynamo, and not the fake tensors AOTAutograd traces a subclass with
+    (where Inductor's fused unpack is the faster choice, and a raw Triton launch cannot run)."""
+    return not torch.compiler.is_compiling() and not is_fake(x)
 
 
 def plain_linear(x: torch.Tensor, weight: SINQTensor, bias: torch.Tensor | None = None) -> torch.Tensor:

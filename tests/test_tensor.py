@@ -101,3 +101,23 @@ def test_wrong_input_width_names_both_sizes():
     w = make()
     with pytest.raises(ValueError, match="320"):
         F.linear(torch.randn(2, 100), w)
+
+
+def test_the_eager_only_gpu_unpack_is_never_chosen_while_tracing():
+    """The raw Triton unpack launch is for real eager tensors; Dynamo and AOTAutograd's fake tensors take the
+    traceable path (a launch on a fake tensor would fail under torch.compile)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from sinq_ao.tensor import _eager
+
+    assert _eager(torch.randn(2, 3))
+    with FakeTensorMode():
+        assert not _eager(torch.randn(2, 3))
+    seen = []
+
+    def probe(x):
+        seen.append(_eager(x))
+        return x + 1
+
+    torch.compile(probe, backend="eager", fullgraph=True)(torch.randn(2, 3))
+    assert seen == [False]

@@ -49,18 +49,22 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
 
     From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_sweep.json): for one
     activation row, 8 rows x 32 words per step with 2 warps (4 words per thread) was best or within a few % on
-    every Llama-shaped layer; for 2-4 rows, 64 rows x 16 words with 4 warps (the activations loaded once per
-    thread serve two weight rows). K is split (at group boundaries) until about 4 programs per SM exist.
+    every Llama-shaped layer, with K split in two once rows are 1024 words or longer; for 2-4 rows, 64 rows x
+    16 words with 4 warps (an activation load serves two weight rows per thread), K split until about four
+    programs per SM exist. The split always divides the K steps evenly: ragged slices need masked loads, which
+    lose vectorization (up to 1.7x slower in the sweep).
     """
     words_per_group = max(1, group_size * bits // 32)
+    n_words = -(-k // 32) * bits
     if m == 1:
         block_m, block_n, words_per_step, num_warps = 1, 8, 32, 2
     else:
         block_m, block_n, words_per_step, num_warps = min(_next_power_of_two(m), GEMV_MAX_M), 64, 16, 4
     groups_per_step = max(1, words_per_step // words_per_group)
-    n_groups = -(-k // group_size)
     programs = -(-n // block_n) * -(-m // block_m)
-    split_k = max(1, min(n_groups // groups_per_step, -(-4 * sm_count // programs)))
+    target = 2 if m == 1 and n_words >= 1024 else min(16, -(-4 * sm_count // programs))
+    steps, ragged = divmod(-(-k // group_size), groups_per_step)
+    split_k = 1 if ragged else max(d for d in range(1, min(target, steps) + 1) if steps % d == 0)
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
 
 

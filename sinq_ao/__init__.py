@@ -8,7 +8,7 @@
 from .config import SINQConfig, sinq_config, skip_lm_head
 from .quantize import dequantize_weight, quantize_weight
 from .sinkhorn import imbalance, sinkhorn_normalize
-from .tensor import SINQTensor, sinq_linear
+from .tensor import SINQTensor, mark_static_weights, sinq_linear
 from .calibration import asinq_quantize_, calibration_tokens
 from .mixed_precision import plan_mixed_precision
 from . import serialization
@@ -22,6 +22,7 @@ __all__ = [
     "calibration_tokens",
     "dequantize_weight",
     "imbalance",
+    "mark_static_weights",
     "plan_mixed_precision",
     "quantize_weight",
     "sinkhorn_normalize",

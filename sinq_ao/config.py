@@ -12,7 +12,7 @@ from torchao.quantization.transform_module import register_quantize_module_handl
 
 from .quantize import check_options
 from .sinkhorn import SINKHORN_STEPS
-from .tensor import SINQTensor
+from .tensor import SINQTensor, _mark_static
 
 __all__ = ["SINQConfig", "sinq_config", "skip_lm_head"]
 
@@ -83,7 +83,9 @@ def _sinq_transform(module: torch.nn.Module, config: SINQConfig, *, parameter_na
         quantized = SINQTensor.from_hp(weight.detach(), **config.quantize_options())
     except (ValueError, TypeError) as error:
         raise type(error)(f"cannot SINQ-quantize {module!r}.{parameter_name}: {error}") from error
-    setattr(module, parameter_name, torch.nn.Parameter(quantized, requires_grad=False))
+    parameter = torch.nn.Parameter(quantized, requires_grad=False)
+    _mark_static(parameter)  # CUDA-graph replays must not copy the weight (see mark_static_weights)
+    setattr(module, parameter_name, parameter)
     module.extra_repr = types.MethodType(
         partial(_extra_repr, original=module.extra_repr, parameter_name=parameter_name), module
     )

@@ -121,3 +121,18 @@ def test_the_eager_only_gpu_unpack_is_never_chosen_while_tracing():
 
     torch.compile(probe, backend="eager", fullgraph=True)(torch.randn(2, 3))
     assert seen == [False]
+
+
+def test_quantize_marks_the_weight_and_its_inner_tensors_static_for_cuda_graph_replays():
+    from torchao.quantization import quantize_
+
+    from sinq_ao import SINQConfig, mark_static_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8))
+    quantize_(model, SINQConfig(bits=4, group_size=32))
+    weights = [model[0].weight, model[1].weight]
+    inner = [getattr(w, name) for w in weights for name in w.tensor_data_names]
+    assert all(hasattr(t, "_dynamo_static_input_type") for t in weights + inner)
+    moved = model.to(torch.float64)  # new inner tensors: unmarked until marked again
+    assert mark_static_weights(moved) is moved
+    assert all(hasattr(getattr(moved[0].weight, n), "_dynamo_static_input_type") for n in moved[0].weight.tensor_data_names)

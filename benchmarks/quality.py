@@ -233,7 +233,10 @@ def parse_args(argv=None):
     parser.add_argument("--tokens", type=Path, default=None, metavar="DIR",
                         help="evaluate (and calibrate) on the token ids in DIR instead of tokenizing")
     parser.add_argument("--out", type=Path, default=Path("results/quality.json"), help="results JSON (resumed)")
-    return parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.save_tokens and args.tokens:
+        parser.error("--save-tokens writes token ids and exits; --tokens reads them: give one of the two")
+    return args
 
 
 def main(argv=None) -> None:

@@ -100,7 +100,11 @@ def sinq_gemv_kernel(
             code = (field | MAGIC).to(tl.float32, bitcast=True) - 8388608.0  # Q · 2^e(p), exact
             updated = ()
             for mi in tl.static_range(BLOCK_M):
-                x_ok = (m0 + mi < M) if EVEN_K else (m0 + mi < M) & k_ok
+                # Masks are built as full tiles: Triton 3.9's interpreter rejects a scalar condition, alone or
+                # combined with a tile (its `&` then yields a non-bool array).
+                x_ok = tl.zeros_like(f) + (m0 + mi) < M
+                if not EVEN_K:
+                    x_ok = x_ok & k_ok
                 xp = tl.load(xd_ptr + (m0 + mi) * (PER * n_words) + p * n_words + f, mask=x_ok, other=0.0)
                 updated = updated + (dots[mi] + code * xp,)
             dots = updated
@@ -110,7 +114,8 @@ def sinq_gemv_kernel(
         z = tl.load(z_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
         updated = ()
         for mi in tl.static_range(BLOCK_M):
-            gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(m0 + mi < M) & g_ok, other=0.0)
+            gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(tl.zeros_like(g) + (m0 + mi) < M) & g_ok,
+                         other=0.0)  # fmt: skip
             updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - z * gs),)
         accs = updated
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -118,7 +123,7 @@ def sinq_gemv_kernel(
         bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     for mi in tl.static_range(BLOCK_M):
         y = tl.sum(tl.sum(accs[mi], axis=2), axis=1)  # [BLOCK_N]
-        out_mask = (rows < N) & (m0 + mi < M)
+        out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
         if PARTIAL:
             tl.store(out_ptr + split * stride_osplit + (m0 + mi) * stride_om + rows, y, mask=out_mask)
         else:

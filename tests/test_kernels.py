@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from sinq_ao import SINQConfig, SINQTensor
@@ -116,3 +118,18 @@ def test_gpu_linear_uses_the_kernel_and_matches_plain_path():
     for m in (1, 16, 100):
         x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
         assert relative_error(torch.nn.functional.linear(x, w), plain_linear(x, w)) < 1e-2
+
+
+@given(
+    m=st.integers(1, 4), n=st.integers(1, 40000), k_groups=st.integers(1, 600),
+    bits=st.sampled_from([2, 4, 8]), group_size=st.sampled_from([32, 64, 128, 256]),
+)  # fmt: skip
+def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_groups, bits, group_size):
+    """Ragged K slices would need masked (unvectorized) loads; the defaults never make them."""
+    from sinq_ao.kernels import GEMV_MAX_M, default_config
+
+    config = default_config(m, n, k_groups * group_size, bits, group_size)
+    steps, ragged = divmod(k_groups, config.groups_per_step)
+    assert 1 <= config.block_m <= GEMV_MAX_M and config.block_n >= 1 and config.groups_per_step >= 1
+    assert config.split_k == 1 if ragged else steps % config.split_k == 0
+    assert config.split_k <= max(1, steps)

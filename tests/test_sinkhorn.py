@@ -112,3 +112,17 @@ def test_normalisation_traces_as_one_graph_without_host_sync():
     tiles = structured_matrix(32, 64, seed=0).view(32, 2, 32).transpose(0, 1)
     explanation = torch._dynamo.explain(sinkhorn_normalize)(tiles)
     assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+
+
+@given(st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40)), seeds, st.floats(-100, 100))
+def test_cpu_row_and_column_stds_equal_torch_std(shape, seed, offset):
+    """The CPU path computes the stds with plain reductions (torch.std is slow there); same values, also for tiles
+    with a large offset and for single rows or columns (std 0)."""
+    from sinq_ao.sinkhorn import row_col_std
+
+    tiles = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) + offset
+    rows, cols = row_col_std(tiles)
+    expected_rows = tiles.double().std(dim=-1, correction=1 if shape[-1] > 1 else 0)
+    expected_cols = tiles.double().std(dim=-2, correction=1 if shape[-2] > 1 else 0)
+    assert torch.allclose(rows.double(), expected_rows, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(cols.double(), expected_cols, rtol=1e-4, atol=1e-5)

@@ -240,6 +240,7 @@ def bench_decode(args) -> list[dict]:
         logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
         token = logits[:, -1:].argmax(-1)
         compile_start = time.perf_counter()
+        graphed = step = None
         if args.graph == "manual":
             graphed = GraphedDecodeStep(model, cache, token, 16)
             token, position = graphed.decode(token, 3, 16)
@@ -258,11 +259,13 @@ def bench_decode(args) -> list[dict]:
         run(token, args.tokens, position)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        graph = args.graph + (" (marked static)" if args.mark_static and args.graph != "manual" else "")
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
-               "graph": args.graph + (" (marked static)" if args.mark_static and args.graph != "manual" else ""), "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
+               "graph": graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
         rows.append(row)
         log(json.dumps(row))
         del model, cache, run
+        graphed = step = None  # free the captured graph / compiled model before the next variant
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
 from sinq_ao.kernels import LaunchConfig, launch  # noqa: E402
-from sinq_ao.tensor import plain_linear  # noqa: E402
+from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
 MS = [1, 4, 16, 64, 256]
@@ -248,8 +248,7 @@ def bench_decode(args) -> list[dict]:
         else:
             if args.mark_static:
                 for param in model.parameters():
-                    for tensor in [param] + [getattr(param, n) for n in getattr(param, "tensor_data_names", [])]:
-                        torch._dynamo.mark_static_address(tensor)
+                    _mark_static(param)
             step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
             token, position = greedy_decode(step, cache, token, 3, 16)  # compile + graph capture
             run = lambda token, count, position: greedy_decode(step, cache, token, count, position)  # noqa: E731

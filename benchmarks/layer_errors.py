@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sinq_ao.baselines import hqq_fake_quantize  # noqa: E402
 from sinq_ao.evaluate import load_eval_text  # noqa: E402
 from sinq_ao.models import DEFAULT_MODEL, load_model  # noqa: E402
-from sinq_ao.quantize import dequantize_weight, quantize_weight  # noqa: E402
+from sinq_ao.quantize import quantization_error  # noqa: E402
 
 
 def layer_inputs(model, tokenizer, names: list[str], tokens: int, text: str) -> dict[str, torch.Tensor]:
@@ -56,8 +56,7 @@ def main(argv=None) -> None:
     rows = []
     for name in names:
         w = model.get_submodule(name).weight.data.float()
-        rtn = dequantize_weight(*quantize_weight(w, bits=args.bits, group_size=args.group_size, method="rtn"),
-                                args.group_size).float()  # fmt: skip
+        rtn = w - quantization_error(w, bits=args.bits, group_size=args.group_size, scheme="asymmetric", method="rtn")
         hqq = hqq_fake_quantize(w, args.bits, args.group_size).float()
         x = inputs[name].float()
         y = x @ w.T

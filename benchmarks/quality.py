@@ -171,8 +171,9 @@ def run_row(model_name: str, method: str, bits, group_size, args, text, calibrat
     _sync(args.device)
     quantize_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ppl = perplexity(model, tokenizer, text, seq_len=args.seq_len, max_windows=args.max_windows)
-    windows = min(token_ids(tokenizer, text).numel() // args.seq_len, args.max_windows or 10**9)
+    ids = token_ids(tokenizer, text)  # tokenized once, for the perplexity and the window count
+    ppl = perplexity(model, tokenizer, ids, seq_len=args.seq_len, max_windows=args.max_windows)
+    windows = min(ids.numel() // args.seq_len, args.max_windows or 10**9)
     return {
         "model": model_name, "method": method, "bits": bits, "group_size": group_size, "seq_len": args.seq_len,
         "max_windows": args.max_windows, "device": args.device, "windows": windows, "perplexity": ppl,
@@ -248,6 +249,7 @@ def main(argv=None) -> None:
         return
     rows = load_rows(args.out)
     done = {row_key(r): r for r in rows}
+    records = {}  # --tokens: each model's token file, read once
     wanted = []
     for model_name, method, bits, group_size in planned_rows(args):
         key = (model_name, method, bits, group_size, args.seq_len, args.max_windows, args.device)
@@ -255,8 +257,9 @@ def main(argv=None) -> None:
             label = f"{model_name} {method}" + (f" {bits}-bit g{group_size}" if bits else "")
             print(f"[quality] {label} ...", flush=True)
             if args.tokens:
-                record = load_tokens(args.tokens, model_name)
-                text, calibration = record["eval"], record["calibration"]
+                if model_name not in records:
+                    records[model_name] = load_tokens(args.tokens, model_name)
+                text, calibration = records[model_name]["eval"], records[model_name]["calibration"]
             done[key] = run_row(model_name, method, bits, group_size, args, text, calibration)
             rows.append(done[key])
             save_rows(args.out, rows)

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SINQConfig, skip_lm_head
-from .quantize import codebook, dequantize_weight, quantize_weight
+from .quantize import quantization_error, quantize_weight
 from .tensor import SINQTensor
 
 __all__ = ["ALPHAS", "ASINQResult", "asinq_quantize_", "calibration_tokens", "search_col_scale"]
@@ -98,14 +98,12 @@ def search_col_scale(
     """
     options = config.quantize_options()
     base = quantize_weight(weight, **options).col_scale.float()
-    levels = codebook(config.bits, config.scheme)
     w, x = weight.float(), x.float()
     mean_abs_w = w.abs().mean(dim=0)
     candidates = {None: base} | {alpha: base / _alpha_scale(mean_abs_x.float(), mean_abs_w, alpha) for alpha in ALPHAS}
     errors = {}
     for alpha, col_scale in candidates.items():
-        q = quantize_weight(weight, **options, col_scale=col_scale)
-        error = w - dequantize_weight(*q, config.group_size, torch.float32, levels=levels)
+        error = quantization_error(weight, **options, col_scale=col_scale)
         errors[alpha] = (x @ error.T).abs().mean().item()
     best = min(errors, key=errors.get)
     return candidates[best], best, errors

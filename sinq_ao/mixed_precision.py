@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .calibration import collect_inputs, linear_blocks
 from .config import SINQConfig, skip_lm_head
 from .packing import packed_columns
-from .quantize import codebook, dequantize_weight, quantize_weight
+from .quantize import quantization_error, quantize_weight
 
 __all__ = ["MixedPrecisionPlan", "allocate_bits", "layer_errors", "plan_mixed_precision", "storage_bytes"]
 
@@ -59,8 +59,7 @@ def layer_errors(weight: torch.Tensor, config: SINQConfig, candidate_bits, chann
     energy = (w.square().sum(dim=0) * c).sum().clamp_min(1e-30).item()
     errors = {}
     for bits in candidate_bits:
-        q = quantize_weight(weight, **(options | {"bits": bits}), col_scale=col_scale)
-        diff = (w - dequantize_weight(*q, config.group_size, torch.float32, levels=codebook(bits, config.scheme)))
+        diff = quantization_error(weight, **(options | {"bits": bits}), col_scale=col_scale)
         errors[bits] = (diff.square().sum(dim=0) * c).sum().item() / energy
     return errors
 

@@ -280,3 +280,10 @@ def dequantize_weight(
     if col_scale is None:
         return weight
     return weight * expand_col_scale(col_scale.to(dtype), group_size, n)
+
+
+def quantization_error(weight: torch.Tensor, *, bits: int, group_size: int, scheme: str, **options) -> torch.Tensor:
+    """W − Ŵ in fp32, (N, K), for ``quantize_weight(weight, bits=..., group_size=..., scheme=..., **options)``
+    (NF codes decoded with their codebook): what A-SINQ and the bit allocator score their candidates with."""
+    q = quantize_weight(weight, bits=bits, group_size=group_size, scheme=scheme, **options)
+    return weight.float() - dequantize_weight(*q, group_size, torch.float32, levels=codebook(bits, scheme))

@@ -265,7 +265,8 @@ torch.serialization.add_safe_globals([SINQTensor])
 
 
 def _mark_static(weight: torch.Tensor) -> None:
-    for tensor in [weight] + [getattr(weight, name) for name in weight.tensor_data_names]:
+    """Mark ``weight`` and, for a torchao tensor subclass, its inner tensors as static graph inputs."""
+    for tensor in [weight] + [getattr(weight, name) for name in getattr(weight, "tensor_data_names", ())]:
         torch._dynamo.mark_static_address(tensor)
 
 
@@ -273,11 +274,12 @@ def mark_static_weights(model: torch.nn.Module) -> torch.nn.Module:
     """Mark every SINQTensor weight of ``model``, and the tensors inside it, as static inputs for torch.compile.
 
     ``torch.compile(mode="reduce-overhead")`` replays CUDA graphs and copies every input it does not know to be
-    static into the graph's buffers before each replay. Parameters are static, but the inner tensors a
-    tensor-subclass weight is flattened into were not recognised as such (torch 2.11 on an H100): each decode step
-    copied all quantized weights (a 4-layer Llama-3-8B-shaped model decoded at 0.74x bf16 unmarked, 0.98x marked;
-    docs/results.md). ``quantize_(model, SINQConfig(...))`` marks the weights it makes; call this again after
-    ``model.to(...)`` or loading, which make new tensors. Returns ``model``.
+    static into the graph's buffers before each replay; a tensor-subclass weight reaches the graph as its inner
+    tensors. Measured on an H100 (docs/results.md): marking every weight lifted a 4-layer Llama-3-8B-shaped model
+    from 0.74x to 0.98x bf16 under reduce-overhead, but not the 32-layer one (0.71x, where a hand-captured CUDA
+    graph gives 1.32x), so the remaining per-replay cost is not (only) copying. ``quantize_(model,
+    SINQConfig(...))`` marks the weights it makes; call this again after ``model.to(...)`` or loading, which make
+    new tensors. Returns ``model``.
     """
     for module in model.modules():
         for param in module.parameters(recurse=False):

@@ -122,12 +122,18 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     return y
 
 
+def _same_strides(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels index scale and zero-point with one row stride: make both contiguous when they differ."""
+    if scale.stride() != zero_point.stride():
+        return scale.contiguous(), zero_point.contiguous()
+    return scale, zero_point
+
+
 def dequantize(qdata, scale, zero_point, bits: int, group_size: int, in_features: int, dtype) -> torch.Tensor:
     """The (N, K) weight s ⊙ (Q − z) in ``dtype`` (no column scale), unpacked by one Triton kernel: the eager
     fallback for products too large for the GEMV (under torch.compile Inductor fuses the PyTorch unpack)."""
     n = qdata.shape[0]
-    if scale.stride() != zero_point.stride():
-        scale, zero_point = scale.contiguous(), zero_point.contiguous()
+    scale, zero_point = _same_strides(scale, zero_point)
     dense = torch.empty(n, in_features, device=qdata.device, dtype=dtype)
     block_n, block_k = 16, 256
     dequantize_kernel[(triton.cdiv(n, block_n), triton.cdiv(in_features, block_k))](
@@ -157,8 +163,7 @@ def sinq_linear_op(
 def fused_linear(x, qdata, scale, zero_point, act_pre_scale, bias, bits, group_size):
     """Flatten leading dims, call the op, restore them."""
     x2d = x.reshape(-1, x.shape[-1]).contiguous()
-    if scale.stride() != zero_point.stride():  # the kernels index both with one row stride
-        scale, zero_point = scale.contiguous(), zero_point.contiguous()
+    scale, zero_point = _same_strides(scale, zero_point)
     y = torch.ops.sinq_ao.linear(x2d, qdata, scale, zero_point, act_pre_scale.to(x.dtype),
                                  None if bias is None else bias.to(x.dtype), bits, group_size)  # fmt: skip
     return y.reshape(*x.shape[:-1], qdata.shape[0])

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
-from sinq_ao.kernels import LaunchConfig, launch  # noqa: E402
+from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, default_gemm_config, launch  # noqa: E402
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
 MS = [1, 4, 16, 64, 256]
-SWEEP_MAX_M = 16  # --sweep times the GEMV kernel up to this M (the dispatcher uses it up to GEMV_MAX_M)
 L2_OVERFLOW_BYTES = 256 * 2**20
 LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
@@ -112,10 +112,29 @@ def gemv_candidates(m, n, k, bits, group_size=64):
     return configs
 
 
+def gemm_candidates(m, n, k, bits):
+    """Tensor-core configurations tried by --sweep: (block_n, block_w, warps, stages) for each block_m up to M,
+    K split as default_gemm_config would, and twice that (kept only where it divides the K steps)."""
+    configs = []
+    block_ms = [b for b in (16, 32, 64, 128) if b < 2 * m][-2:]
+    for block_m in block_ms:
+        for block_n, block_w, warps, stages in [(64, 16, 4, 2), (64, 16, 4, 3), (64, 32, 4, 2), (128, 16, 4, 2),
+                                                (128, 16, 8, 2), (128, 16, 8, 3), (128, 32, 8, 2), (256, 16, 8, 2),
+                                                (32, 16, 4, 2), (64, 8, 4, 2)]:  # fmt: skip
+            base = default_gemm_config(m, n, k, bits)._replace(block_n=block_n, block_m=block_m, block_w=block_w)
+            steps = -(-k // 32) * bits // block_w
+            programs = -(-n // block_n) * -(-m // block_m)
+            auto = max(d for d in range(1, min(16, -(-2 * 132 // programs), steps) + 1) if steps % d == 0)
+            for split in sorted({auto, 2 * auto}):
+                if steps % split == 0:
+                    configs.append(base._replace(split_k=split, num_warps=warps, num_stages=stages))
+    return configs
+
+
 def bench_layers(args) -> list[dict]:
     rows = []
     torch.manual_seed(0)
-    for n, k in SHAPES:
+    for n, k in [shape for shape in SHAPES if args.shapes is None or f"{shape[0]}x{shape[1]}" in args.shapes]:
         torch._dynamo.reset()
         compiled_plain = torch.compile(plain_linear)
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
@@ -125,7 +144,7 @@ def bench_layers(args) -> list[dict]:
         tiny = tinygemm_linear(weight)
         tiny_ws = [tiny.weight] + [tiny.weight._apply_fn_to_data(lambda t: t.clone())
                                    for _ in range(copies_for(subclass_bytes(sinq)) - 1)]  # fmt: skip
-        for m in MS:
+        for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             row = {"N": n, "K": k, "M": m}
             row["bf16_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in bf16_ws])
@@ -133,15 +152,20 @@ def bench_layers(args) -> list[dict]:
             row["tinygemm_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in tiny_ws])
             if m >= 4:
                 row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
-            if args.sweep and m <= SWEEP_MAX_M:
+            if args.sweep:
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
-                for config in gemv_candidates(m, n, k, 4):
-                    us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
-                                        w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
+                candidates = gemv_candidates(m, n, k, 4) if m <= GEMV_MAX_M else gemm_candidates(m, n, k, 4)
+                for config in candidates:
+                    try:
+                        us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
+                                            w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
+                    except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
+                        continue
                     if best is None or us < best[1]:
                         best = (config, us)
-                row["best_config"], row["best_us"] = list(best[0]), best[1]
+                row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}
+                row["best_us"] = best[1]
             row["speedup_vs_bf16"] = row["bf16_us"] / row["sinq_us"]
             row["speedup_vs_tinygemm"] = row["tinygemm_us"] / row["sinq_us"]
             rows.append(row)
@@ -313,6 +337,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["layers", "decode", "quant-time"])
     parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
+    parser.add_argument("--ms", type=int, nargs="+", default=MS, help="activation rows M (layers)")
+    parser.add_argument("--shapes", nargs="+", help="only these N x K shapes, e.g. 4096x4096 (layers)")
     parser.add_argument("--layers", type=int, default=32, help="decoder layers of the 8B-shaped model")
     parser.add_argument("--tokens", type=int, default=128, help="tokens to decode (decode)")
     parser.add_argument("--graph", choices=["manual", "reduce-overhead"], default="manual",

@@ -10,6 +10,11 @@ from typing import NamedTuple
 
 import torch
 
+try:
+    from .kernels.sinkhorn_kernel import MAX_TILE_COLUMNS, sinkhorn_factors
+except ImportError:  # CPU-only installs have no Triton; the PyTorch path below is used everywhere.
+    sinkhorn_factors = None
+
 SINKHORN_STEPS = 16
 _STD_CLAMP = (1e-3, 1e3)
 _STEP_CLAMP = (0.7, 2.0)
@@ -62,9 +67,24 @@ def sinkhorn_normalize(tiles: torch.Tensor, steps: int = SINKHORN_STEPS) -> Norm
     """Normalise each R x C tile of ``tiles`` (..., R, C) by row and column factors, in fp32 (SPEC §3).
 
     Rows and columns are updated together from the same state; the first rise of the imbalance freezes the
-    state for good, and the state of lowest imbalance seen (ties: the later one) is returned.
+    state for good, and the state of lowest imbalance seen (ties: the later one) is returned. On the GPU one
+    Triton kernel runs all steps (sinq_ao.kernels.sinkhorn_kernel); CPU tensors, tiles wider than
+    MAX_TILE_COLUMNS and tiles of one row or column take the PyTorch path, which is the reference. (A single row
+    or column has no spread along it, so the imbalance is max std / 1e-12 and the first rise is decided by rounding
+    noise: on an H100 the kernel's approximate exp/log froze such a tile at another step than the reference.)
     """
     tiles = tiles.float()
+    kernel = tiles.is_cuda and sinkhorn_factors is not None
+    if kernel and min(tiles.shape[-2:]) > 1 and tiles.shape[-1] <= MAX_TILE_COLUMNS:
+        row_factors, col_factors = sinkhorn_factors(tiles, steps, _STD_CLAMP, _STEP_CLAMP, _LOG_CLIP)
+    else:
+        row_factors, col_factors = _reference_factors(tiles, steps)
+    normalized = tiles / row_factors.unsqueeze(-1) / col_factors.unsqueeze(-2)
+    return Normalized(normalized, row_factors, col_factors)
+
+
+def _reference_factors(tiles: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row factors exp(u*) (..., R) and column factors exp(v*) (..., C) of float32 ``tiles``, in plain PyTorch."""
     row_std, col_std = row_col_std(tiles)
     tau = torch.minimum(row_std.clamp(*_STD_CLAMP).amin(dim=-1), col_std.clamp(*_STD_CLAMP).amin(dim=-1)) + 1e-6
     u = tiles.new_zeros(tiles.shape[:-1])
@@ -84,6 +104,4 @@ def sinkhorn_normalize(tiles: torch.Tensor, steps: int = SINKHORN_STEPS) -> Norm
         keep = frozen.unsqueeze(-1)
         u = torch.where(keep, u, (u + _log_step(row_std, tau)).clamp(*_LOG_CLIP))
         v = torch.where(keep, v, (v + _log_step(col_std, tau)).clamp(*_LOG_CLIP))
-    row_factors, col_factors = best_u.exp(), best_v.exp()
-    normalized = tiles / row_factors.unsqueeze(-1) / col_factors.unsqueeze(-2)
-    return Normalized(normalized, row_factors, col_factors)
+    return best_u.exp(), best_v.exp()

@@ -3,7 +3,7 @@
 import torch
 
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import LaunchConfig, dequantize, launch
+from sinq_ao.kernels import GemmConfig, LaunchConfig, dequantize, launch
 
 
 def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None, seed=0, bias=True) -> float:
@@ -48,6 +48,10 @@ INTERPRETER_CASES = [
         (2, 16, 576, 128, LaunchConfig(8, 2, split_k=2)),  # K = 4.5 groups: ragged last group; one m per block
         (4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
         (7, 24, 256, 64, LaunchConfig(8, 2, block_m=4)),  # M not a multiple of the row block
+        (20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),  # tensor-core kernel: ragged M, N and K slices
+        (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M)
+        (17, 24, 200, 64, GemmConfig(16, 32, 16)),  # K not a multiple of 32
+        (70, 24, 256, 64, GemmConfig(32, 64, 16)),  # t ⊙ x computed by the caller (block_m >= 64)
     ]
 ]
 
@@ -81,6 +85,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     from sinq_ao.kernels.triton_kernels import (
         dequantize_kernel,
         prepare_activations_kernel,
+        sinq_gemm_kernel,
         sinq_gemv_kernel,
         splitk_reduce_kernel,
     )
@@ -91,6 +96,8 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         (prepare_activations_kernel, {**common, "BLOCK_K": 1024}),
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
                             "GROUPS_PER_STEP": 4, "EVEN_K": False}),  # fmt: skip
+        (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
+                            "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
         (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
     ]

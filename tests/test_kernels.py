@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import torch
 
 from sinq_ao import SINQConfig, SINQTensor
-from sinq_ao.kernels import LaunchConfig
+from sinq_ao.kernels import GemmConfig, LaunchConfig
 from tests.helpers import relative_error, requires_cuda
 from tests.kernel_checks import compile_for_hopper, dequantize_relative_error, kernel_relative_error
 
@@ -44,7 +44,7 @@ def test_kernels_match_reference_under_the_triton_interpreter():
 @requires_triton
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernels_compile_for_hopper_without_a_gpu(bits):
-    assert len(compile_for_hopper(bits)) == 4
+    assert len(compile_for_hopper(bits)) == 5
 
 
 @requires_cuda
@@ -78,6 +78,36 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
 
 @requires_cuda
 @pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tensor_core_kernel_matches_reference_on_gpu_over_random_shapes(bits, dtype):
+    """M beyond the GEMV: default configurations, random ragged N and K (not always whole steps or groups)."""
+    gen = torch.Generator().manual_seed(200 + bits)
+    for case in range(10):
+        m = [5, 16, 17, 33, 64, 100, 128, 255, 300, 1024][case]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + int(torch.randint(0, 2, (1,), generator=gen)) * 7
+        k = int(torch.randint(1, 40, (1,), generator=gen)) * 32
+        error = kernel_relative_error(bits, m, n, k, [64, 128][case % 2], dtype, "cuda", seed=case)
+        assert error < 1e-2, (bits, m, n, k, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_tensor_core_launch_configs_match_reference_on_gpu(bits):
+    """Block shapes the sweep tries, incl. uneven K splits, several warps and pipeline depths."""
+    words = bits * 2  # 64 codes per K step (the defaults' depth; tiles of 256 codes at 2 bits overflow shared memory)
+    configs = [GemmConfig(64, 16, words, 3), GemmConfig(128, 32, 2 * words, 2, 8, 2), GemmConfig(64, 64, words, 1, 4, 2),
+               GemmConfig(128, 128, words, 5, 8, 2), GemmConfig(256, 16, words, 1, 8, 2), GemmConfig(64, 16, 4 * words, 7)]  # fmt: skip
+    gen = torch.Generator().manual_seed(300 + bits)
+    for case, config in enumerate(configs):
+        m = [16, 20, 64, 130, 9, 1][case]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
+        k = int(torch.randint(2, 40, (1,), generator=gen)) * 64
+        error = kernel_relative_error(bits, m, n, k, 64, torch.bfloat16, "cuda", config=config, seed=case)
+        assert error < 1e-2, (bits, config, m, n, k, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
 def test_dequantize_kernel_matches_reference_on_gpu(bits):
     for case, (n, k, g) in enumerate([(4096, 4096, 64), (100, 576, 128), (33, 200, 64)]):
         assert dequantize_relative_error(bits, n, k, g, torch.bfloat16, "cuda", seed=case) < 1e-2
@@ -86,7 +116,7 @@ def test_dequantize_kernel_matches_reference_on_gpu(bits):
 @requires_cuda
 def test_eager_gpu_linear_beyond_the_gemv_uses_the_unpack_kernel_and_matches_plain_path():
     w = SINQTensor.from_hp(torch.randn(96, 320, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
-    x = torch.randn(3, 11, 320, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(3, 100, 320, device="cuda", dtype=torch.bfloat16)  # M = 300 > FUSED_MAX_M
     from sinq_ao.tensor import plain_linear
 
     assert relative_error(torch.nn.functional.linear(x, w).float(), plain_linear(x, w).float()) < 1e-2
@@ -133,3 +163,17 @@ def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_grou
     assert 1 <= config.block_m <= GEMV_MAX_M and config.block_n >= 1 and config.groups_per_step >= 1
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
     assert config.split_k <= max(1, steps)
+
+
+@given(m=st.integers(5, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]))
+def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, bits):
+    """Tensor-core defaults: tiles at least 16 deep and 16 tall for tl.dot, no ragged K slices, and a K step of at
+    most 256 codes (larger tiles overflow shared memory at 2 bits)."""
+    from sinq_ao.kernels import default_gemm_config
+
+    config = default_gemm_config(m, n, k_chunks * 32, bits)
+    n_words = k_chunks * bits
+    steps, ragged = divmod(n_words, config.block_w)
+    assert 16 <= config.block_m <= 128 and config.block_m >= min(m, 128) // 2
+    assert 16 <= config.block_w * 32 // bits <= 256
+    assert config.split_k == 1 if ragged else steps % config.split_k == 0

@@ -17,11 +17,19 @@ import torch
 try:
     import triton
 
-    from .triton_kernels import dequantize_kernel, prepare_activations_kernel, sinq_gemv_kernel, splitk_reduce_kernel
+    from .triton_kernels import (
+        dequantize_kernel,
+        prepare_activations_kernel,
+        sinq_gemm_kernel,
+        sinq_gemv_kernel,
+        splitk_reduce_kernel,
+    )
 except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path is used instead.
     triton = None
 
 GEMV_MAX_M = 4
+FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
+PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _REDUCE_BLOCK = 1024
@@ -34,6 +42,17 @@ class LaunchConfig(NamedTuple):
     split_k: int = 1  # K slices (whole groups), summed by splitk_reduce_kernel
     num_warps: int = 4
     block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
+
+
+class GemmConfig(NamedTuple):
+    """Block sizes of the tensor-core kernel (M > GEMV_MAX_M)."""
+
+    block_n: int  # weight rows per program (the tensor cores' M side)
+    block_m: int  # activation rows per program (>= 16)
+    block_w: int  # packed words per K step per row (raised to a whole group; the dot's depth is block_w · 32 / bits)
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
 
 
 def _sm_count(device: torch.device) -> int:
@@ -68,9 +87,28 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
 
 
+def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> GemmConfig:
+    """Block sizes of the tensor-core kernel for an (m x k) @ (k x n) product (M > GEMV_MAX_M).
+
+    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (4096x4096 and 14336x4096, 4-bit g64): 64 weight rows
+    per program, 4 warps and a 2-stage pipeline were best at every M from 16 to 1024; 64 codes per K step, except
+    256 for 32 < M <= 64; K split until about four programs per SM exist (two for block heights above 16).
+    """
+    block_m = min(max(16, _next_power_of_two(m)), 128)
+    codes_per_step = 256 if 32 < m <= 64 else 64
+    block_w = codes_per_step * bits // 32
+    block_n = 64
+    n_words = -(-k // 32) * bits
+    programs = -(-n // block_n) * -(-m // block_m)
+    steps, ragged = divmod(n_words, block_w)
+    target = min(8, -(-(4 if block_m <= 16 else 2) * sm_count // programs))
+    split_k = 1 if ragged else max(d for d in range(1, min(target, steps) + 1) if steps % d == 0)
+    return GemmConfig(block_n, block_m, block_w, split_k, num_warps=4, num_stages=2)
+
+
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
     """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs)."""
-    return x.numel() <= GEMV_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
+    return x.numel() <= FUSED_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
 
 
 def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
@@ -88,11 +126,31 @@ def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, s
 
 
 def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size, config=None, launcher=None):
-    """Run the GEMV for x (M, K) into y (M, N); ``launcher`` wraps each kernel (``wrap_triton`` under the op)."""
+    """y = [s ⊙ (Q − z)] (t ⊙ x) + b for x (M, K) into y (M, N): the GEMV for a LaunchConfig (default for M <=
+    GEMV_MAX_M), the tensor-core kernel for a GemmConfig (default above); ``launcher`` wraps each kernel
+    (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
-    config = config or default_config(m, n, k, bits, group_size, _sm_count(x.device))
+    if config is None:
+        sms = _sm_count(x.device)
+        config = default_config(m, n, k, bits, group_size, sms) if m <= GEMV_MAX_M else default_gemm_config(m, n, k, bits, sms)
     wrap = launcher or (lambda kernel: kernel)
+    has_bias = bias is not None
+    bias = bias if has_bias else y
+    partial = config.split_k > 1
+    out = torch.empty(config.split_k, m, n, device=x.device, dtype=torch.float32) if partial else y
+    run = _launch_gemm if isinstance(config, GemmConfig) else _launch_gemv
+    run(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
+    if partial:
+        wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
+            out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
+        )  # fmt: skip
+    return y
+
+
+def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
+    m, k = x.shape
+    n = out.shape[-1]
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
     xd = torch.empty(m, 32 // bits, n_words, device=x.device, dtype=torch.float32)
     gsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
@@ -100,10 +158,6 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
         x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_groups, BITS=bits, GROUP=group_size, BLOCK_K=block_k,
     )  # fmt: skip
-    has_bias = bias is not None
-    bias = bias if has_bias else y
-    partial = config.split_k > 1
-    out = torch.empty(config.split_k, m, n, device=x.device, dtype=torch.float32) if partial else y
     words_per_group = group_size * bits // 32
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
     step = config.groups_per_step * words_per_group
@@ -112,14 +166,28 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     wrap(sinq_gemv_kernel)[grid](
         xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_groups, qdata.stride(0), scale.stride(0),
         out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
-        PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step,
-        EVEN_K=even_k, num_warps=config.num_warps,
+        PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, num_warps=config.num_warps,
     )  # fmt: skip
-    if partial:
-        wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
-            out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
-        )  # fmt: skip
-    return y
+
+
+def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
+    m, k = x.shape
+    n = out.shape[-1]
+    n_words = qdata.shape[1]
+    block_w = max(config.block_w, group_size * bits // 32)  # whole groups per step
+    words_per_split = triton.cdiv(triton.cdiv(n_words, config.split_k), block_w) * block_w
+    even_k = words_per_split * config.split_k == n_words  # every slice whole steps, none past the end
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
+    prescaled = config.block_m >= PRESCALE_MIN_BLOCK_M
+    if prescaled:
+        x = x * act_pre_scale
+    wrap(sinq_gemm_kernel)[grid](
+        x, act_pre_scale, qdata, scale, zero_point, bias, out, m, n, k, n_words, x.stride(0), qdata.stride(0),
+        scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
+        HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
 
 
 def _same_strides(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

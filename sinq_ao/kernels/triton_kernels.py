@@ -133,6 +133,94 @@ def sinq_gemv_kernel(
 
 
 @triton.jit
+def _dequantized_codes(words, s, zs, P: tl.constexpr, BITS: tl.constexpr):
+    """s · (code p of each word) + zs, in fp32, for a tile of words (shift, mask, or in 2^23's exponent, subtract)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    code = (((words >> (P * BITS)) & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    return code * s + zs
+
+
+@triton.jit
+def _unpack_in_order(words, s, zs, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr,
+                     DTYPE: tl.constexpr):  # fmt: skip
+    """Dequantized codes P0, P0 + STRIDE, ... (COUNT of them) of each word of a [R, W] tile, as [R, W·COUNT] with
+    entry f·COUNT + j = code P0 + j·STRIDE of word f. Built by interleaving halves (tl.interleave keeps the new
+    axis within each thread, so the in-order tile needs no shuffles); called with P0 = 0, STRIDE = 1 it gives the
+    weight row in column order."""
+    if COUNT == 1:
+        return _dequantized_codes(words, s, zs, P0, BITS).to(DTYPE)
+    else:
+        return tl.interleave(_unpack_in_order(words, s, zs, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE),
+                             _unpack_in_order(words, s, zs, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE))  # fmt: skip
+
+
+@triton.jit
+def sinq_gemm_kernel(
+    x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN_K: tl.constexpr,
+    PRESCALED: tl.constexpr,
+):  # fmt: skip
+    """Tensor-core product for M > GEMV_MAX_M: out[m, n] over one K slice; grid (N/BN, SPLIT_K, M/BM).
+
+    The operands are swapped (out^T = W x'^T) so that the dequantized weight tile is the left operand, which the
+    tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step unpacks
+    BLOCK_W words per row into a [BLOCK_N, BLOCK_W, PER] tile (code p of word f is column f·PER + p), applies
+    s and z in fp32, rounds once to the activations' dtype, and reshapes it to the [BLOCK_N, BLOCK_W·PER] tile
+    of one dot. With PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined
+    shared-memory copy straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
+    """
+    PER: tl.constexpr = 32 // BITS
+    WPG: tl.constexpr = GROUP // PER  # packed words per group
+    BLOCK_K: tl.constexpr = BLOCK_W * PER
+    GROUPS: tl.constexpr = BLOCK_W // WPG  # whole groups per step (the launcher makes BLOCK_W a multiple of WPG)
+    split = tl.program_id(1)
+    first = split * words_per_split
+    last = tl.minimum(first + words_per_split, n_words)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(rows, N - 1)[:, None]  # clamped, not masked: loads stay unmasked; extra rows are not stored
+    ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
+    m_ok = ms < M
+    q_rows = q_ptr + rows.to(tl.int64) * stride_qn
+    sz_rows = rows * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for w0 in range(first, last, BLOCK_W):
+        f = w0 + tl.arange(0, BLOCK_W)[None, :]
+        g = w0 // WPG + tl.arange(0, GROUPS)[None, :]  # [1, G]: this step's groups
+        k = w0 * PER + tl.arange(0, BLOCK_K)[None, :]  # [1, BK]: the columns of this step
+        if EVEN_K:
+            words = tl.load(q_rows + f)  # [BN, BW]
+            s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
+            z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
+            x_ok = m_ok & (k >= 0)
+        else:  # past the slice: zero codes, scales and zero-points, so the weight tile is 0 there
+            f_ok = (f < last) & (rows >= 0)  # a full tile (Triton 3.9's interpreter wants one)
+            words = tl.load(q_rows + f, mask=f_ok, other=0)
+            g_ok = (g * WPG < last) & (rows >= 0)
+            s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
+            x_ok = m_ok & (k < K)
+        s_w = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W))  # per word
+        zs_w = tl.reshape(tl.broadcast_to((-s * z)[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W))
+        w = _unpack_in_order(words, s_w, zs_w, 0, 1, PER, BITS, x_ptr.dtype.element_ty)  # [BN, BK], s · (Q − z)
+        xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
+        if not PRESCALED:
+            t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            xv = (xv.to(tl.float32) * t).to(x_ptr.dtype.element_ty)
+        acc = tl.dot(w, tl.trans(xv), acc)  # [BN, BK] @ [BK, BM]
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+    ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    out_mask = (rows < N) & (ms < M)
+    if PARTIAL:
+        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + ms * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
 def splitk_reduce_kernel(partial_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K: tl.constexpr,
                          HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     """y[m, n] = Σ_s partial[s, m, n] (+ bias[n]), cast to y's dtype; partial is contiguous (SPLIT_K, M, N)."""

@@ -330,6 +330,39 @@ def bench_quant_time(args) -> list[dict]:
         rows.append({"method": method + " (quantize_weight only)", "seconds": time.perf_counter() - start})
         log(json.dumps(rows[-1]))
     log(f"\nSINQ / RTN time: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x")
+    if args.sweep:
+        rows += sweep_sinkhorn(weights)
+    return rows
+
+
+def sweep_sinkhorn(weights) -> list[dict]:
+    """Time the Sinkhorn kernel alone on the 1D tiles of each distinct weight shape, for candidate block heights,
+    warps and pipeline depths, from fp32 tiles (what quantize_weight passes) and from the bf16 weight itself."""
+    from sinq_ao.kernels.sinkhorn_kernel import sinkhorn_factors
+    from sinq_ao.sinkhorn import _LOG_CLIP, _STD_CLAMP, _STEP_CLAMP, SINKHORN_STEPS
+
+    rows = []
+    shapes = {}
+    for w in weights:
+        shapes.setdefault(tuple(w.shape), w)
+    for (n, k), w in shapes.items():
+        for source in ("float32", "bfloat16"):
+            tiles = w.to(getattr(torch, source)).reshape(1, n, k // 64, 64).transpose(1, 2)
+            for block_rows in (32, 64, 128):
+                for warps in (4, 8):
+                    for stages in (2, 3):
+                        run = functools.partial(sinkhorn_factors, tiles, SINKHORN_STEPS, _STD_CLAMP, _STEP_CLAMP,
+                                                _LOG_CLIP, block_rows=block_rows, num_warps=warps, num_stages=stages)  # fmt: skip
+                        run()
+                        torch.cuda.synchronize()
+                        start = time.perf_counter()
+                        for _ in range(5):
+                            run()
+                        torch.cuda.synchronize()
+                        rows.append({"sinkhorn": f"{n}x{k}", "source": source, "block_rows": block_rows, "warps": warps,
+                                     "stages": stages, "ms": (time.perf_counter() - start) / 5 * 1000})  # fmt: skip
+            best = min((r for r in rows if r["sinkhorn"] == f"{n}x{k}" and r["source"] == source), key=lambda r: r["ms"])
+            log(json.dumps(best))
     return rows
 
 

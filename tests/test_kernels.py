@@ -156,16 +156,16 @@ def test_gpu_linear_uses_the_kernel_and_matches_plain_path():
 )  # fmt: skip
 def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_groups, bits, group_size):
     """Ragged K slices would need masked (unvectorized) loads; the defaults never make them."""
-    from sinq_ao.kernels import GEMV_MAX_M, default_config
+    from sinq_ao.kernels import GEMV_MAX_BLOCK_M, default_config
 
     config = default_config(m, n, k_groups * group_size, bits, group_size)
     steps, ragged = divmod(k_groups, config.groups_per_step)
-    assert 1 <= config.block_m <= GEMV_MAX_M and config.block_n >= 1 and config.groups_per_step >= 1
+    assert 1 <= config.block_m <= GEMV_MAX_BLOCK_M and config.block_n >= 1 and config.groups_per_step >= 1
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
     assert config.split_k <= max(1, steps)
 
 
-@given(m=st.integers(5, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]))
+@given(m=st.integers(2, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]))
 def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, bits):
     """Tensor-core defaults: tiles at least 16 deep and 16 tall for tl.dot, no ragged K slices, and a K step of at
     most 256 codes (larger tiles overflow shared memory at 2 bits)."""
@@ -177,3 +177,14 @@ def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, 
     assert 16 <= config.block_m <= 128 and config.block_m >= min(m, 128) // 2
     assert 16 <= config.block_w * 32 // bits <= 256
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_compiled_gemv_matches_eager_on_gpu(bits):
+    """One activation row (decode) through torch.compile(fullgraph=True): the op's GEMV launches, as in eager."""
+    w = SINQTensor.from_hp(torch.randn(320, 200, device="cuda", dtype=torch.bfloat16), bits=bits, group_size=64)
+    x = torch.randn(1, 200, device="cuda", dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.nn.functional.linear(x, w), fullgraph=True)
+    assert relative_error(compiled(x).float(), torch.nn.functional.linear(x, w).float()) < 1e-2

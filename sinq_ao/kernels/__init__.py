@@ -27,7 +27,8 @@ try:
 except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path is used instead.
     triton = None
 
-GEMV_MAX_M = 4
+GEMV_MAX_M = 1  # the dispatcher's GEMV range; M = 2..4 go to the tensor-core kernel (docs/results.md)
+GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
@@ -78,7 +79,7 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     if m == 1:
         block_m, block_n, words_per_step, num_warps = 1, 8, 32, 2
     else:
-        block_m, block_n, words_per_step, num_warps = min(_next_power_of_two(m), GEMV_MAX_M), 64, 16, 4
+        block_m, block_n, words_per_step, num_warps = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M), 64, 16, 4
     groups_per_step = max(1, words_per_step // words_per_group)
     programs = -(-n // block_n) * -(-m // block_m)
     target = 2 if m == 1 and n_words >= 1024 else min(16, -(-4 * sm_count // programs))

@@ -32,7 +32,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sinq_ao import SINQConfig, SINQTensor, kernels  # noqa: E402
+from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
 from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, default_gemm_config, launch  # noqa: E402
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
@@ -108,8 +108,7 @@ def gemv_candidates(m, n, k, bits, group_size=64):
             programs = -(-n // block_n) * -(-m // block_m)
             auto_split = max(1, min(n_groups // groups, -(-2 * 132 // programs)))
             for split in sorted({auto_split, 2 * auto_split}):
-                for fused in (False, True) if m == 1 else (False,):
-                    configs.append(LaunchConfig(block_n, groups, split, warps, block_m, fused_prologue=fused))
+                configs.append(LaunchConfig(block_n, groups, split, warps, block_m))
     return configs
 
 
@@ -165,8 +164,6 @@ def bench_layers(args) -> list[dict]:
                         continue
                     if best is None or us < best[1]:
                         best = (config, us)
-                    if getattr(config, "fused_prologue", False):
-                        row["best_fused_prologue_us"] = min(us, row.get("best_fused_prologue_us", us))
                 row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}
                 row["best_us"] = best[1]
             row["speedup_vs_bf16"] = row["bf16_us"] / row["sinq_us"]
@@ -383,14 +380,11 @@ def main(argv=None):
     parser.add_argument("--mark-static", action="store_true",
                         help="decode with reduce-overhead: mark every parameter and its inner tensors static")
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
-    parser.add_argument("--fused-prologue", action="store_true",
-                        help="the GEMV reads x and t itself (one launch per linear) by default")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    kernels.GEMV_FUSED_PROLOGUE = args.fused_prologue
     rows = {"layers": bench_layers, "decode": bench_decode, "quant-time": bench_quant_time}[args.what](args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,6 @@ INTERPRETER_CASES = [
         (2, 16, 576, 128, LaunchConfig(8, 2, split_k=2)),  # K = 4.5 groups: ragged last group; one m per block
         (4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
         (7, 24, 256, 64, LaunchConfig(8, 2, block_m=4)),  # M not a multiple of the row block
-        (1, 24, 200, 64, LaunchConfig(8, 2, split_k=2, fused_prologue=True)),  # GEMV reading x and t itself
-        (3, 16, 576, 128, LaunchConfig(8, 2, block_m=4, fused_prologue=True)),
         (20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),  # tensor-core kernel: ragged M, N and K slices
         (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M)
         (17, 24, 200, 64, GemmConfig(16, 32, 16)),  # K not a multiple of 32
@@ -97,7 +95,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     kernels = [
         (prepare_activations_kernel, {**common, "BLOCK_K": 1024}),
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
-                            "GROUPS_PER_STEP": 4, "EVEN_K": False, "FUSED_PROLOGUE": True}),  # fmt: skip
+                            "GROUPS_PER_STEP": 4, "EVEN_K": False}),  # fmt: skip
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
                             "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),

@@ -66,11 +66,10 @@ def test_kernels_match_reference_on_gpu_over_random_shapes(bits, dtype):
 def test_kernel_launch_configs_match_reference_on_gpu(bits):
     """Block shapes the sweep tries, incl. several activation rows per program and M not a multiple of it."""
     configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4), LaunchConfig(32, 2, 2, 4, 16),
-               LaunchConfig(64, 2, 1, 4, 8), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4),
-               LaunchConfig(8, 4, 2, 2, 1, fused_prologue=True), LaunchConfig(16, 8, 3, 4, 4, fused_prologue=True)]  # fmt: skip
+               LaunchConfig(64, 2, 1, 4, 8), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4)]  # fmt: skip
     gen = torch.Generator().manual_seed(100 + bits)
     for case, config in enumerate(configs):
-        m = [1, 3, 16, 11, 9, 4, 1, 3][case]
+        m = [1, 3, 16, 11, 9, 4][case]
         n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
         k = int(torch.randint(2, 40, (1,), generator=gen)) * 64
         error = kernel_relative_error(bits, m, n, k, 64, torch.bfloat16, "cuda", config=config, seed=case)

@@ -29,7 +29,6 @@ except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path 
 
 GEMV_MAX_M = 1  # the dispatcher's GEMV range; M = 2..4 go to the tensor-core kernel (docs/results.md)
 GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
-GEMV_FUSED_PROLOGUE = False  # default_config's choice for one activation row (see LaunchConfig.fused_prologue)
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
@@ -44,7 +43,6 @@ class LaunchConfig(NamedTuple):
     split_k: int = 1  # K slices (whole groups), summed by splitk_reduce_kernel
     num_warps: int = 4
     block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
-    fused_prologue: bool = False  # read x and t in the GEMV itself (one launch) instead of the prologue's xd
 
 
 class GemmConfig(NamedTuple):
@@ -87,7 +85,7 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     target = 2 if m == 1 and n_words >= 1024 else min(16, -(-4 * sm_count // programs))
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
     split_k = 1 if ragged else max(d for d in range(1, min(target, steps) + 1) if steps % d == 0)
-    return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, fused_prologue=m == 1 and GEMV_FUSED_PROLOGUE)
+    return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
 
 
 def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> GemmConfig:
@@ -155,27 +153,22 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     m, k = x.shape
     n = out.shape[-1]
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
-    if config.fused_prologue:
-        xd = gsum = x  # not read
-    else:
-        xd = torch.empty(m, 32 // bits, n_words, device=x.device, dtype=torch.float32)
-        gsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
-        block_k = max(_PREPARE_BLOCK, group_size)
-        wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
-            x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_groups, BITS=bits, GROUP=group_size,
-            BLOCK_K=block_k,
-        )  # fmt: skip
+    xd = torch.empty(m, 32 // bits, n_words, device=x.device, dtype=torch.float32)
+    gsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
+    block_k = max(_PREPARE_BLOCK, group_size)
+    wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
+        x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_groups, BITS=bits, GROUP=group_size, BLOCK_K=block_k,
+    )  # fmt: skip
     words_per_group = group_size * bits // 32
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
     step = config.groups_per_step * words_per_group
     even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words  # no partial steps
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     wrap(sinq_gemv_kernel)[grid](
-        xd, gsum, x, act_pre_scale, qdata, scale, zero_point, bias, out, m, n, k, n_words, n_groups, x.stride(0),
-        qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits,
-        GROUP=group_size, HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k,
-        FUSED_PROLOGUE=config.fused_prologue, num_warps=config.num_warps,
+        xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_groups, qdata.stride(0), scale.stride(0),
+        out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
+        PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, num_warps=config.num_warps,
     )  # fmt: skip
 
 

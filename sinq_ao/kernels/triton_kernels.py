@@ -57,17 +57,12 @@ def prepare_activations_kernel(
 
 @triton.jit
 def sinq_gemv_kernel(
-    xd_ptr, gsum_ptr, x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, K, n_words, n_groups, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
+    xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, n_words, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
-    FUSED_PROLOGUE: tl.constexpr,
 ):  # fmt: skip
-    """out[m, n] for BLOCK_M activation rows x BLOCK_N output rows over one K slice; grid (N/BN, SPLIT_K, M/BM).
-
-    With FUSED_PROLOGUE the kernel reads x and t itself (x'[k] = x[k]·t[k] at the columns of code p, and the group
-    sums from the same values) instead of prepare_activations_kernel's xd and gsum: one launch per call, at the
-    price of 2-byte gathers instead of 16-byte vector loads of xd."""
+    """out[m, n] for BLOCK_M activation rows x BLOCK_N output rows over one K slice; grid (N/BN, SPLIT_K, M/BM)."""
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
     MASK: tl.constexpr = (1 << BITS) - 1
@@ -95,50 +90,32 @@ def sinq_gemv_kernel(
         words = tl.load(q_rows + f, mask=row_ok if EVEN_K else row_ok & k_ok, other=0)
         hi = words >> HI_SHIFT
         dots = ()
-        xsums = ()  # FUSED_PROLOGUE: Σ_p x'[f·PER + p] per word, summed to the group sums after the step
         for mi in tl.static_range(BLOCK_M):
             dots = dots + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
-            xsums = xsums + (tl.zeros((1, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
         for p in tl.static_range(PER):
             if p * BITS + BITS <= 23:
                 field = words & (MASK << (p * BITS))
-                inverse = 1.0 / (1 << (p * BITS))  # 2^-e(p)
             else:
                 field = hi & (MASK << (p * BITS - HI_SHIFT))
-                inverse = 1.0 / (1 << (p * BITS - HI_SHIFT))
             code = (field | MAGIC).to(tl.float32, bitcast=True) - 8388608.0  # Q · 2^e(p), exact
-            if FUSED_PROLOGUE:
-                k = f * PER + p
-                t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             updated = ()
-            updated_sums = ()
             for mi in tl.static_range(BLOCK_M):
                 # Masks are built as full tiles: Triton 3.9's interpreter rejects a scalar condition, alone or
                 # combined with a tile (its `&` then yields a non-bool array).
                 x_ok = tl.zeros_like(f) + (m0 + mi) < M
                 if not EVEN_K:
                     x_ok = x_ok & k_ok
-                if FUSED_PROLOGUE:
-                    xt = tl.load(x_ptr + (m0 + mi) * stride_xm + k, mask=x_ok & (k < K), other=0.0).to(tl.float32) * t
-                    updated_sums = updated_sums + (xsums[mi] + xt,)
-                    xp = xt * inverse
-                else:
-                    xp = tl.load(xd_ptr + (m0 + mi) * (PER * n_words) + p * n_words + f, mask=x_ok, other=0.0)
+                xp = tl.load(xd_ptr + (m0 + mi) * (PER * n_words) + p * n_words + f, mask=x_ok, other=0.0)
                 updated = updated + (dots[mi] + code * xp,)
             dots = updated
-            if FUSED_PROLOGUE:
-                xsums = updated_sums
         g = w0 // WPG + gi
         g_ok = g * WPG < last
         s = tl.load(s_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
         updated = ()
         for mi in tl.static_range(BLOCK_M):
-            if FUSED_PROLOGUE:
-                gs = tl.sum(xsums[mi], axis=2, keep_dims=True)
-            else:
-                gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(tl.zeros_like(g) + (m0 + mi) < M) & g_ok,
-                             other=0.0)  # fmt: skip
+            gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(tl.zeros_like(g) + (m0 + mi) < M) & g_ok,
+                         other=0.0)  # fmt: skip
             updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - z * gs),)
         accs = updated
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -1,9 +1,38 @@
 """Helpers shared by the tests."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run through the device tool)")
+requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+
+def _numpy_breaks_interpreter() -> bool:
+    import numpy
+
+    return tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 4)
+
+
+requires_interpreter = pytest.mark.skipif(
+    _numpy_breaks_interpreter(), reason="Triton 3.6's interpreter fails on numpy >= 2.4 (the test extra pins <2.4)"
+)
+
+
+def assert_passes_under_the_interpreter(module: str) -> None:
+    """Run ``python -m module`` with TRITON_INTERPRET=1 in a subprocess (the variable must be set before Triton is
+    imported, so not in this process) and require its closing line "interpreter cases passed"."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", module], check=False, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "interpreter cases passed" in done.stdout
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -1,11 +1,5 @@
 """Fused SINQ kernels against the dequantize reference: on the GPU, and on CPU through Triton's interpreter."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,32 +7,20 @@ import torch
 
 from sinq_ao import SINQConfig, SINQTensor
 from sinq_ao.kernels import GemmConfig, LaunchConfig
-from tests.helpers import relative_error, requires_cuda
-from tests.kernel_checks import compile_for_hopper, dequantize_relative_error, kernel_relative_error
-
-ROOT = Path(__file__).resolve().parents[1]
-requires_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-
-
-def _numpy_breaks_interpreter() -> bool:
-    import numpy
-
-    return tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 4)
-
-
-requires_interpreter = pytest.mark.skipif(
-    _numpy_breaks_interpreter(), reason="Triton 3.6's interpreter fails on numpy >= 2.4 (the test extra pins <2.4)"
+from tests.helpers import (
+    assert_passes_under_the_interpreter,
+    relative_error,
+    requires_cuda,
+    requires_interpreter,
+    requires_triton,
 )
+from tests.kernel_checks import compile_for_hopper, dequantize_relative_error, kernel_relative_error
 
 
 @requires_triton
 @requires_interpreter
 def test_kernels_match_reference_under_the_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "tests.kernel_checks"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "interpreter cases passed" in done.stdout
+    assert_passes_under_the_interpreter("tests.kernel_checks")
 
 
 @requires_triton

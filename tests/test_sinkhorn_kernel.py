@@ -1,18 +1,19 @@
 """The Triton Sinkhorn kernel against the PyTorch reference (SPEC §3): on CPU through Triton's interpreter, compiled
 ahead of time for sm_90 without a GPU, and on the GPU."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from sinq_ao.sinkhorn import _LOG_CLIP, _STD_CLAMP, _STEP_CLAMP, SINKHORN_STEPS, imbalance, sinkhorn_normalize
-from tests.helpers import relative_error, requires_cuda
-from tests.test_kernels import ROOT, requires_interpreter, requires_triton
+from sinq_ao.sinkhorn import _LOG_CLIP, _STD_CLAMP, _STEP_CLAMP, SINKHORN_STEPS, sinkhorn_normalize
+from tests.helpers import (
+    assert_passes_under_the_interpreter,
+    relative_error,
+    requires_cuda,
+    requires_interpreter,
+    requires_triton,
+)
 from tests.test_sinkhorn import spec_normalize
 
 TOLERANCE = {"cpu": {"rtol": 1e-5, "atol": 1e-6}, "cuda": {"rtol": 1e-4, "atol": 1e-6}}  # GPU exp/log are approximate
@@ -109,11 +110,7 @@ def run_interpreter_cases() -> None:
 @requires_triton
 @requires_interpreter
 def test_kernel_matches_reference_under_the_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "tests.test_sinkhorn_kernel"], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "interpreter cases passed" in done.stdout
+    assert_passes_under_the_interpreter("tests.test_sinkhorn_kernel")
 
 
 def compile_for_hopper(tiles_type: str, block_rows: int, block_cols: int, num_warps: int) -> str:

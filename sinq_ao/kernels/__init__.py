@@ -1,11 +1,12 @@
-"""Fused GPU kernel for SINQTensor's decode-time linear, registered as the custom op ``torch.ops.sinq_ao.linear``.
+"""Fused GPU kernels for SINQTensor's linear, registered as the custom op ``torch.ops.sinq_ao.linear``.
 
 ``torch.library.triton_op`` makes the Triton launches visible to ``torch.compile`` (one graph, no break), and the
-op runs eagerly too. The dispatcher (``kernel_supports``) sends products with at most GEMV_MAX_M activation rows to
-the Triton GEMV; larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize
-kernel plus a cuBLAS matmul under torch.compile: on an H100 that measured faster than our tensor-core Triton GEMM
-at every M >= 16 (docs/results.md). Block sizes come from ``default_config``; there is no autotuning at first call
-(the defaults come from ``benchmarks/gpu_speed.py --sweep`` runs on an H100).
+op runs eagerly too. The dispatcher (``kernel_supports``) sends products with up to FUSED_MAX_M activation rows to
+the op, which runs the CUDA-core GEMV for one row (decode) and the tensor-core kernel for 2..FUSED_MAX_M rows;
+larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize kernel plus a cuBLAS
+matmul under torch.compile (on an H100 that was faster than the tensor-core kernel from M = 1024, about even at 256:
+docs/results.md). Block sizes come from ``default_config`` / ``default_gemm_config``; there is no autotuning at
+first call (the defaults come from ``benchmarks/gpu_speed.py --sweep`` runs on an H100).
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     n = y.shape[1]
     if config is None:
         sms = _sm_count(x.device)
-        config = default_config(m, n, k, bits, group_size, sms) if m <= GEMV_MAX_M else default_gemm_config(m, n, k, bits, sms)
+        if m <= GEMV_MAX_M:
+            config = default_config(m, n, k, bits, group_size, sms)
+        else:
+            config = default_gemm_config(m, n, k, bits, sms)
     wrap = launcher or (lambda kernel: kernel)
     has_bias = bias is not None
     bias = bias if has_bias else y

@@ -1,7 +1,8 @@
 """Triton kernels for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v1, see sinq_ao.packing).
 
 For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS consecutive codes: code p of
-word f is column k = f * PER + p. A call runs two kernels (three with split-K):
+word f is column k = f * PER + p. One activation row (decode) runs the CUDA-core GEMV, two kernels (three with
+split-K):
 
 ``prepare_activations_kernel`` (once per call, O(M·K)) multiplies the activations by the column scale t and
 writes them *de-interleaved*, ``xd[m, p, f] = (t ⊙ x)[m, f * PER + p] · 2^-e(p)``, so that the GEMV loads, for
@@ -21,6 +22,9 @@ share each unpacked code, so small batches read the weight once.
 
 With SPLIT_K > 1, K slices (whole groups) write fp32 partial sums that ``splitk_reduce_kernel`` adds up
 (deterministic: no atomics).
+
+Two or more rows run ``sinq_gemm_kernel`` on the tensor cores (its docstring), with the same split-K reduction.
+``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
 
 import triton
@@ -150,8 +154,9 @@ def _unpack_in_order(words, s, zs, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT
     if COUNT == 1:
         return _dequantized_codes(words, s, zs, P0, BITS).to(DTYPE)
     else:
-        return tl.interleave(_unpack_in_order(words, s, zs, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE),
-                             _unpack_in_order(words, s, zs, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE))  # fmt: skip
+        evens = _unpack_in_order(words, s, zs, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE)
+        odds = _unpack_in_order(words, s, zs, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE)
+        return tl.interleave(evens, odds)
 
 
 @triton.jit
@@ -165,10 +170,10 @@ def sinq_gemm_kernel(
     """Tensor-core product for M > GEMV_MAX_M: out[m, n] over one K slice; grid (N/BN, SPLIT_K, M/BM).
 
     The operands are swapped (out^T = W x'^T) so that the dequantized weight tile is the left operand, which the
-    tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step unpacks
-    BLOCK_W words per row into a [BLOCK_N, BLOCK_W, PER] tile (code p of word f is column f·PER + p), applies
-    s and z in fp32, rounds once to the activations' dtype, and reshapes it to the [BLOCK_N, BLOCK_W·PER] tile
-    of one dot. With PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined
+    tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step loads
+    BLOCK_W words per row and each (row, group)'s scale and zero-point once, unpacks every code position p (code p
+    of word f is column f·PER + p), applies s and z in fp32, rounds once to the activations' dtype, and
+    interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined
     shared-memory copy straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
     """
     PER: tl.constexpr = 32 // BITS

@@ -49,9 +49,13 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
     """Block shapes the sweep tries, incl. several activation rows per program and M not a multiple of it."""
     configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4), LaunchConfig(32, 2, 2, 4, 16),
                LaunchConfig(64, 2, 1, 4, 8), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4)]  # fmt: skip
-    gen = torch.Generator().manual_seed(100 + bits)
-    for case, config in enumerate(configs):
-        m = [1, 3, 16, 11, 9, 4][case]
+    assert_configs_match_reference(bits, configs, [1, 3, 16, 11, 9, 4], seed=100 + bits)
+
+
+def assert_configs_match_reference(bits, configs, ms, seed):
+    """Each explicit configuration on its own random (M, N, K) case, N and K not multiples of the blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    for case, (config, m) in enumerate(zip(configs, ms, strict=True)):
         n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
         k = int(torch.randint(2, 40, (1,), generator=gen)) * 64
         error = kernel_relative_error(bits, m, n, k, 64, torch.bfloat16, "cuda", config=config, seed=case)
@@ -79,13 +83,7 @@ def test_tensor_core_launch_configs_match_reference_on_gpu(bits):
     words = bits * 2  # 64 codes per K step (the defaults' depth; tiles of 256 codes at 2 bits overflow shared memory)
     configs = [GemmConfig(64, 16, words, 3), GemmConfig(128, 32, 2 * words, 2, 8, 2), GemmConfig(64, 64, words, 1, 4, 2),
                GemmConfig(128, 128, words, 5, 8, 2), GemmConfig(256, 16, words, 1, 8, 2), GemmConfig(64, 16, 4 * words, 7)]  # fmt: skip
-    gen = torch.Generator().manual_seed(300 + bits)
-    for case, config in enumerate(configs):
-        m = [16, 20, 64, 130, 9, 1][case]
-        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
-        k = int(torch.randint(2, 40, (1,), generator=gen)) * 64
-        error = kernel_relative_error(bits, m, n, k, 64, torch.bfloat16, "cuda", config=config, seed=case)
-        assert error < 1e-2, (bits, config, m, n, k, error)
+    assert_configs_match_reference(bits, configs, [16, 20, 64, 130, 9, 1], seed=300 + bits)
 
 
 @requires_cuda

@@ -79,9 +79,9 @@ def sinkhorn_kernel(
             row_in = r < rows
             # u of this step: the previous step's u updated by its row stds (0 at the first step). Not frozen
             # here, so the previous step improved: its u is the best so far.
-            u = tl.load(u_prev + r, mask=row_in & (step > 0), other=0.0)
+            u = tl.load(u_prev + r, mask=row_in & (tl.zeros_like(r) + step > 0), other=0.0)
             tl.store(best_row_ptr + r, tl.exp(u), mask=row_in)
-            std = tl.load(std_prev + r, mask=row_in & (step > 0), other=1.0)
+            std = tl.load(std_prev + r, mask=row_in & (tl.zeros_like(r) + step > 0), other=1.0)
             stepped = tl.minimum(tl.maximum(u + _log_step(std, tau, STD_LO, STD_HI, STEP_LO, STEP_HI), LOG_LO), LOG_HI)
             u = tl.where(step > 0, stepped, u)
             tl.store(u_here + r, u, mask=row_in)
@@ -129,7 +129,7 @@ def sinkhorn_kernel(
     rows_to_record = tl.where(improved, rows, 0)  # a row limit, not a scalar mask: the interpreter mishandles those
     for r0 in range(0, rows_to_record, BLOCK_R):
         r = r0 + r_offsets
-        u = tl.load(u_last + r, mask=(r < rows) & (step > 0), other=0.0)
+        u = tl.load(u_last + r, mask=(r < rows) & (tl.zeros_like(r) + step > 0), other=0.0)
         tl.store(best_row_ptr + r, tl.exp(u), mask=r < rows)
     tl.store(col_factors_ptr + tile.to(tl.int64) * cols + c, tl.exp(best_v), mask=col_in)
 

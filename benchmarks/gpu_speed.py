@@ -1,19 +1,22 @@
 """GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
 
-    python benchmarks/gpu_speed.py layers  [--sweep] [--out results.json]
+    python benchmarks/gpu_speed.py layers  [--sweep] [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
-    python benchmarks/gpu_speed.py quant-time
+                                           [--variants bf16 sinq tinygemm] [--mark-static]
+    python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
-            our GEMV for M <= 4, else the plain path; and the Inductor-compiled plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig,
-            tile_packed_to_4d, i.e. aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R
-            different weight copies (R chosen so they overflow the 50 MB L2), replayed and divided by R.
-            --sweep also times candidate GEMV block sizes and reports the best per shape.
+            our GEMV for M = 1, our tensor-core kernel for M = 2..256, else the plain path; and the Inductor-compiled
+            plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig, tile_packed_to_4d, i.e.
+            aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R different weight copies (R chosen
+            so they overflow the 50 MB L2), replayed and divided by R. --sweep also times candidate block sizes of the
+            kernel that M runs on (GEMV or tensor-core) and reports the best per shape.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
             SINQ 4-bit g64 and torchao Int4WeightOnlyConfig (tinygemm).
-quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run.
+quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run;
+            --sweep also times the Sinkhorn kernel's block sizes on each weight shape.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
-from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, default_gemm_config, launch  # noqa: E402
+from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, default_gemm_config, even_split, launch  # noqa: E402
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
@@ -113,8 +116,8 @@ def gemv_candidates(m, n, k, bits, group_size=64):
 
 
 def gemm_candidates(m, n, k, bits):
-    """Tensor-core configurations tried by --sweep: (block_n, block_w, warps, stages) for each block_m up to M,
-    K split as default_gemm_config would, and twice that (kept only where it divides the K steps)."""
+    """Tensor-core configurations tried by --sweep: (block_n, block_w, warps, stages) for the two largest block
+    heights below 2M, K split evenly into about two programs per SM, and twice that (where it divides the steps)."""
     configs = []
     block_ms = [b for b in (16, 32, 64, 128) if b < 2 * m][-2:]
     for block_m in block_ms:
@@ -124,7 +127,7 @@ def gemm_candidates(m, n, k, bits):
             base = default_gemm_config(m, n, k, bits)._replace(block_n=block_n, block_m=block_m, block_w=block_w)
             steps = -(-k // 32) * bits // block_w
             programs = -(-n // block_n) * -(-m // block_m)
-            auto = max(d for d in range(1, min(16, -(-2 * 132 // programs), steps) + 1) if steps % d == 0)
+            auto = even_split(steps, min(16, -(-2 * 132 // programs)))
             for split in sorted({auto, 2 * auto}):
                 if steps % split == 0:
                     configs.append(base._replace(split_k=split, num_warps=warps, num_stages=stages))

@@ -168,3 +168,18 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: torch.nn.functional.linear(x, w), fullgraph=True)
     assert relative_error(compiled(x).float(), torch.nn.functional.linear(x, w).float()) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
+     (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
+     ("fast", "LaunchConfig or a GemmConfig")],
+)  # fmt: skip
+def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):
+    from sinq_ao.kernels import launch
+
+    w = SINQTensor.from_hp(torch.randn(32, 64), bits=4, group_size=32)
+    x, y = torch.randn(16, 64), torch.empty(16, 32)
+    with pytest.raises((ValueError, TypeError), match=message):
+        launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 32, config=config)

@@ -65,6 +65,11 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
 
+def even_split(steps: int, target: int) -> int:
+    """The largest number of K slices, at most ``target``, that divides ``steps`` K steps evenly (at least 1)."""
+    return max(d for d in range(1, max(1, min(target, steps)) + 1) if steps % d == 0)
+
+
 def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
 
@@ -85,7 +90,7 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     programs = -(-n // block_n) * -(-m // block_m)
     target = 2 if m == 1 and n_words >= 1024 else min(16, -(-4 * sm_count // programs))
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
-    split_k = 1 if ragged else max(d for d in range(1, min(target, steps) + 1) if steps % d == 0)
+    split_k = 1 if ragged else even_split(steps, target)
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
 
 
@@ -104,7 +109,7 @@ def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) 
     programs = -(-n // block_n) * -(-m // block_m)
     steps, ragged = divmod(n_words, block_w)
     target = min(8, -(-(4 if block_m <= 16 else 2) * sm_count // programs))
-    split_k = 1 if ragged else max(d for d in range(1, min(target, steps) + 1) if steps % d == 0)
+    split_k = 1 if ragged else even_split(steps, target)
     return GemmConfig(block_n, block_m, block_w, split_k, num_warps=4, num_stages=2)
 
 
@@ -133,7 +138,9 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
-    if config is None:
+    if config is not None:
+        _check_config(config)
+    else:
         sms = _sm_count(x.device)
         if m <= GEMV_MAX_M:
             config = default_config(m, n, k, bits, group_size, sms)
@@ -151,6 +158,23 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
         )  # fmt: skip
     return y
+
+
+def _check_config(config: LaunchConfig | GemmConfig) -> None:
+    """A clear error for block sizes the kernels cannot compile (Triton tiles are powers of two; a tensor-core dot
+    needs 16 rows and columns)."""
+    if not isinstance(config, (LaunchConfig, GemmConfig)):
+        raise TypeError(f"config must be a LaunchConfig or a GemmConfig, got {type(config).__name__}")
+    for name, value in config._asdict().items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
+    gemm = isinstance(config, GemmConfig)
+    for name in ("block_n", "block_m", "block_w") if gemm else ("block_n", "groups_per_step", "block_m"):
+        value = getattr(config, name)
+        if value & (value - 1):
+            raise ValueError(f"{type(config).__name__}.{name}={value} must be a power of two")
+    if gemm and min(config.block_n, config.block_m) < 16:
+        raise ValueError(f"GemmConfig block_n={config.block_n} and block_m={config.block_m} must be at least 16")
 
 
 def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
@@ -204,7 +228,7 @@ def _same_strides(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.
 
 def dequantize(qdata, scale, zero_point, bits: int, group_size: int, in_features: int, dtype) -> torch.Tensor:
     """The (N, K) weight s ⊙ (Q − z) in ``dtype`` (no column scale), unpacked by one Triton kernel: the eager
-    fallback for products too large for the GEMV (under torch.compile Inductor fuses the PyTorch unpack)."""
+    path for products above FUSED_MAX_M rows (under torch.compile Inductor fuses the PyTorch unpack)."""
     n = qdata.shape[0]
     scale, zero_point = _same_strides(scale, zero_point)
     dense = torch.empty(n, in_features, device=qdata.device, dtype=dtype)

@@ -140,7 +140,8 @@ def sinq_gemv_kernel(
 def _dequantized_codes(words, s, zs, P: tl.constexpr, BITS: tl.constexpr):
     """s · (code p of each word) + zs, in fp32, for a tile of words (shift, mask, or in 2^23's exponent, subtract)."""
     MASK: tl.constexpr = (1 << BITS) - 1
-    code = (((words >> (P * BITS)) & MASK) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32, as in sinq_gemv_kernel
+    code = (((words >> (P * BITS)) & MASK) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
     return code * s + zs
 
 
@@ -173,8 +174,9 @@ def sinq_gemm_kernel(
     tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step loads
     BLOCK_W words per row and each (row, group)'s scale and zero-point once, unpacks every code position p (code p
     of word f is column f·PER + p), applies s and z in fp32, rounds once to the activations' dtype, and
-    interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined
-    shared-memory copy straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
+    interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With PRESCALED
+    the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy straight to
+    the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
     """
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group

@@ -47,3 +47,14 @@ def structured_matrix(rows: int, cols: int, seed: int, spread: float = 1.5) -> t
     row_scale = (torch.randn(rows, 1, generator=gen) * spread).exp()
     col_scale = (torch.randn(1, cols, generator=gen) * spread).exp()
     return base * row_scale * col_scale
+
+
+def compile_for_sm90(kernel, signature: dict, constants: dict, attrs: dict | None = None, **options):
+    """Compile a Triton kernel ahead of time for sm_90 without a GPU (Triton ships ptxas); returns the compiled
+    kernel (its ``asm`` holds TTIR, TTGIR and PTX)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(kernel, signature, constants, attrs or {})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

@@ -4,6 +4,7 @@ import torch
 
 from sinq_ao import SINQTensor
 from sinq_ao.kernels import GemmConfig, LaunchConfig, dequantize, launch
+from tests.helpers import compile_for_sm90
 
 
 def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None, seed=0, bias=True) -> float:
@@ -78,10 +79,6 @@ if __name__ == "__main__":
 
 def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from sinq_ao.kernels.triton_kernels import (
         dequantize_kernel,
         prepare_activations_kernel,
@@ -105,8 +102,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     for kernel, constants in kernels:
         signature = {name: "constexpr" if name in constants else pointer_types.get(name, "*bf16" if name.endswith("_ptr") else "i32")
                      for name in kernel.arg_names}  # fmt: skip
-        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": 4, "num_stages": 3})  # fmt: skip
+        compiled = compile_for_sm90(kernel, signature, constants, num_warps=4, num_stages=3)
         assert "ptx" in compiled.asm
         names.append(compiled.name)
     return names

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sinq_ao.sinkhorn import _LOG_CLIP, _STD_CLAMP, _STEP_CLAMP, SINKHORN_STEPS, sinkhorn_normalize
 from tests.helpers import (
     assert_passes_under_the_interpreter,
+    compile_for_sm90,
     relative_error,
     requires_cuda,
     requires_interpreter,
@@ -116,10 +117,6 @@ def test_kernel_matches_reference_under_the_triton_interpreter():
 def compile_for_hopper(tiles_type: str, block_rows: int, block_cols: int, num_warps: int) -> str:
     """Compile the kernel ahead of time for sm_90 (Triton ships ptxas) as a launch on a weight view specialises it:
     unit column stride, 16-divisible pointers, row stride and sizes. Returns the PTX."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from sinq_ao.kernels.sinkhorn_kernel import sinkhorn_kernel
 
     names = sinkhorn_kernel.arg_names
@@ -130,9 +127,7 @@ def compile_for_hopper(tiles_type: str, block_rows: int, block_cols: int, num_wa
                  if name.endswith("_ptr") else "i32" for name in names}  # fmt: skip
     aligned = [name for name in names if name.endswith("_ptr") or name in ("rows", "cols", "stride_b", "stride_r")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
-    compiled = triton.compile(ASTSource(sinkhorn_kernel, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps})  # fmt: skip
-    return compiled.asm["ptx"]
+    return compile_for_sm90(sinkhorn_kernel, signature, constants, attrs, num_warps=num_warps).asm["ptx"]
 
 
 @requires_triton
@@ -165,10 +160,6 @@ def test_gpu_normalisation_matches_cpu_reference_on_a_weight_sized_view():
     assert checked >= tiles.shape[1] // 2, f"only {checked} tiles without a near-tie step"
 
 
-if __name__ == "__main__":
-    run_interpreter_cases()
-
-
 @requires_cuda
 def test_tiles_of_one_row_or_column_take_the_reference_path_on_gpu():
     """A single row or column has no spread; its first rise is rounding noise (even CPU and GPU PyTorch disagree
@@ -180,3 +171,7 @@ def test_tiles_of_one_row_or_column_take_the_reference_path_on_gpu():
         rows, cols = _reference_factors(tiles, SINKHORN_STEPS)
         got = sinkhorn_normalize(tiles, SINKHORN_STEPS)
         assert torch.equal(got.row_factors, rows) and torch.equal(got.col_factors, cols)
+
+
+if __name__ == "__main__":
+    run_interpreter_cases()

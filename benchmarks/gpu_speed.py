@@ -10,7 +10,7 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig, tile_packed_to_4d, i.e.
             aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R different weight copies (R chosen
             so they overflow the 50 MB L2), replayed and divided by R. --sweep also times candidate block sizes of the
-            kernel that M runs on (GEMV or tensor-core) and reports the best per shape.
+            kernels (the GEMV up to GEMV_MAX_BLOCK_M rows, the tensor-core kernel from 2) and reports the best.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
@@ -36,7 +36,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
-from sinq_ao.kernels import GEMV_MAX_M, LaunchConfig, default_gemm_config, even_split, launch  # noqa: E402
+from sinq_ao.kernels import GEMV_MAX_BLOCK_M, LaunchConfig, default_gemm_config, even_split, launch  # noqa: E402
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
@@ -101,7 +101,8 @@ def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
 
 def gemv_candidates(m, n, k, bits, group_size=64):
     """Launch configurations tried by --sweep: rows per program, groups per K step, warps, activation rows per
-    program; K split as default_config would (too few row blocks), and twice that."""
+    program; K split as default_config would (too few row blocks), and twice that; with and without a 3-stage
+    software pipeline."""
     configs = []
     n_groups = -(-k // group_size)
     block_ms = [1] if m == 1 else sorted({min(m, 4), m})
@@ -111,7 +112,8 @@ def gemv_candidates(m, n, k, bits, group_size=64):
             programs = -(-n // block_n) * -(-m // block_m)
             auto_split = max(1, min(n_groups // groups, -(-2 * 132 // programs)))
             for split in sorted({auto_split, 2 * auto_split}):
-                configs.append(LaunchConfig(block_n, groups, split, warps, block_m))
+                for stages in (1, 3):
+                    configs.append(LaunchConfig(block_n, groups, split, warps, block_m, stages))
     return configs
 
 
@@ -158,13 +160,15 @@ def bench_layers(args) -> list[dict]:
             if args.sweep:
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
-                candidates = gemv_candidates(m, n, k, 4) if m <= GEMV_MAX_M else gemm_candidates(m, n, k, 4)
+                candidates = ((gemv_candidates(m, n, k, 4) if m <= GEMV_MAX_BLOCK_M else [])
+                              + (gemm_candidates(m, n, k, 4) if m > 1 else []))  # fmt: skip
                 for config in candidates:
                     try:
                         us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
                                             w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
                     except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
                         continue
+                    row.setdefault("candidates", []).append({"kernel": type(config).__name__, **config._asdict(), "us": us})
                     if best is None or us < best[1]:
                         best = (config, us)
                 row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}

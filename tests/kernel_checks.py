@@ -90,11 +90,11 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "xd_ptr": "*fp32", "gsum_ptr": "*fp32"}  # fmt: skip
     common = {"BITS": bits, "GROUP": group_size}
     kernels = [
-        (prepare_activations_kernel, {**common, "BLOCK_K": 1024}),
+        (prepare_activations_kernel, {**common, "BLOCK_K": 1024, "CHUNK": 32}),
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
-                            "GROUPS_PER_STEP": 4, "EVEN_K": False}),  # fmt: skip
+                            "GROUPS_PER_STEP": 4, "EVEN_K": False, "ASM": True, "NUM_STAGES": 3}),  # fmt: skip
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
-                            "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False}),  # fmt: skip
+                            "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False, "ASM": True}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
         (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
     ]

@@ -47,8 +47,8 @@ def test_kernels_match_reference_on_gpu_over_random_shapes(bits, dtype):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernel_launch_configs_match_reference_on_gpu(bits):
     """Block shapes the sweep tries, incl. several activation rows per program and M not a multiple of it."""
-    configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4), LaunchConfig(32, 2, 2, 4, 16),
-               LaunchConfig(64, 2, 1, 4, 8), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4)]  # fmt: skip
+    configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4, 3), LaunchConfig(32, 2, 2, 4, 16),
+               LaunchConfig(64, 2, 1, 4, 8, 2), LaunchConfig(8, 4, 1, 1, 16), LaunchConfig(32, 4, 5, 8, 4, 3)]  # fmt: skip
     assert_configs_match_reference(bits, configs, [1, 3, 16, 11, 9, 4], seed=100 + bits)
 
 

@@ -11,6 +11,7 @@ first call (the defaults come from ``benchmarks/gpu_speed.py --sweep`` runs on a
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -44,6 +45,7 @@ class LaunchConfig(NamedTuple):
     split_k: int = 1  # K slices (whole groups), summed by splitk_reduce_kernel
     num_warps: int = 4
     block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
+    num_stages: int = 1  # software-pipelined K steps (loads issued this many steps ahead); 1: none
 
 
 class GemmConfig(NamedTuple):
@@ -73,44 +75,45 @@ def even_split(steps: int, target: int) -> int:
 def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
 
-    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_sweep.json): for one
-    activation row, 8 rows x 32 words per step with 2 warps (4 words per thread) was best or within a few % on
-    every Llama-shaped layer, with K split in two once rows are 1024 words or longer; for 2-4 rows, 64 rows x
-    16 words with 4 warps (an activation load serves two weight rows per thread), K split until about four
-    programs per SM exist. The split always divides the K steps evenly: ragged slices need masked loads, which
-    lose vectorization (16384^2, M = 4: 428 us with a split of 3, 248 us with 4; docs/results.md).
+    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_v4_gemv_sweep.json):
+    for one activation row, 8 rows x 32 words per step with one warp and a 3-stage software pipeline was best or
+    within 5 % on every Llama-shaped layer (16 rows x 64 words with 4 warps and no pipeline ties it), with K split
+    until about 7 programs per SM exist; for 2-4 rows (explicitly asked for: the dispatcher sends them to the
+    tensor-core kernel), 64 rows x 16 words with 4 warps, K split until about four programs per SM exist. The
+    split always divides the K steps evenly: ragged slices need masked loads, which lose vectorization
+    (16384^2, M = 4: 428 us with a split of 3, 248 us with 4; docs/results.md).
     """
     words_per_group = max(1, group_size * bits // 32)
-    n_words = -(-k // 32) * bits
     if m == 1:
-        block_m, block_n, words_per_step, num_warps = 1, 8, 32, 2
+        block_m, block_n, words_per_step, num_warps, num_stages, per_sm = 1, 8, 32, 1, 3, 7
     else:
-        block_m, block_n, words_per_step, num_warps = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M), 64, 16, 4
+        block_m, block_n, words_per_step, num_warps, num_stages, per_sm = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M), 64, 16, 4, 1, 4  # fmt: skip
     groups_per_step = max(1, words_per_step // words_per_group)
     programs = -(-n // block_n) * -(-m // block_m)
-    target = 2 if m == 1 and n_words >= 1024 else min(16, -(-4 * sm_count // programs))
+    target = min(16, -(-per_sm * sm_count // programs))
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
     split_k = 1 if ragged else even_split(steps, target)
-    return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m)
+    return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, num_stages)
 
 
 def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> GemmConfig:
     """Block sizes of the tensor-core kernel for an (m x k) @ (k x n) product (M > GEMV_MAX_M).
 
     From `benchmarks/gpu_speed.py layers --sweep` on an H100 (4096x4096 and 14336x4096, 4-bit g64): 64 weight rows
-    per program, 4 warps and a 2-stage pipeline were best at every M from 16 to 1024; 64 codes per K step, except
-    256 for 32 < M <= 64; K split until about four programs per SM exist (two for block heights above 16).
+    per program, 4 warps and a 2-stage pipeline were best at M from 16 to 64; 64 codes per K step, except 256 for
+    32 < M <= 64; from 128-row activation blocks (M > 64), 128 weight rows x 256 codes per step with 8 warps
+    (layers_v4_m4_m256_sweep.json: 43.9 / 131.2 us at M = 256 on 4096^2 / 8192^2 against 47.6 / 178.2 for the
+    64-row tile). K is split until about four programs per SM exist (two for block heights above 16).
     """
     block_m = min(max(16, _next_power_of_two(m)), 128)
-    codes_per_step = 256 if 32 < m <= 64 else 64
+    block_n, codes_per_step, num_warps = (128, 256, 8) if block_m >= 128 else (64, 256 if 32 < m <= 64 else 64, 4)
     block_w = codes_per_step * bits // 32
-    block_n = 64
     n_words = -(-k // 32) * bits
     programs = -(-n // block_n) * -(-m // block_m)
     steps, ragged = divmod(n_words, block_w)
     target = min(8, -(-(4 if block_m <= 16 else 2) * sm_count // programs))
     split_k = 1 if ragged else even_split(steps, target)
-    return GemmConfig(block_n, block_m, block_w, split_k, num_warps=4, num_stages=2)
+    return GemmConfig(block_n, block_m, block_w, split_k, num_warps=num_warps, num_stages=2)
 
 
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
@@ -160,6 +163,11 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     return y
 
 
+def _interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1), which executes no inline PTX."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _check_config(config: LaunchConfig | GemmConfig) -> None:
     """A clear error for block sizes the kernels cannot compile (Triton tiles are powers of two; a tensor-core dot
     needs 16 rows and columns)."""
@@ -181,22 +189,25 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     m, k = x.shape
     n = out.shape[-1]
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
-    xd = torch.empty(m, 32 // bits, n_words, device=x.device, dtype=torch.float32)
-    gsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
+    words_per_group = group_size * bits // 32
+    step = config.groups_per_step * words_per_group
+    n_chunks = triton.cdiv(n_words, step)
+    xd = torch.empty(m, n_chunks, 32 // bits, step, device=x.device, dtype=torch.float32)
+    gsum = torch.empty(m, 2, n_groups, device=x.device, dtype=torch.float32)
     block_k = max(_PREPARE_BLOCK, group_size)
     wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
-        x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_groups, BITS=bits, GROUP=group_size, BLOCK_K=block_k,
+        x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_chunks, n_groups, BITS=bits, GROUP=group_size,
+        BLOCK_K=block_k, CHUNK=step,
     )  # fmt: skip
-    words_per_group = group_size * bits // 32
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
-    step = config.groups_per_step * words_per_group
     even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words  # no partial steps
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     wrap(sinq_gemv_kernel)[grid](
-        xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_groups, qdata.stride(0), scale.stride(0),
-        out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
-        PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, num_warps=config.num_warps,
+        xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_chunks, n_groups, qdata.stride(0),
+        scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
+        HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=not _interpreting(), NUM_STAGES=config.num_stages,
+        num_warps=config.num_warps,
     )  # fmt: skip
 
 
@@ -215,7 +226,8 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
         x, act_pre_scale, qdata, scale, zero_point, bias, out, m, n, k, n_words, x.stride(0), qdata.stride(0),
         scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
         HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, ASM=not _interpreting(),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
 

@@ -33,18 +33,35 @@ import triton.language as tl
 
 @triton.jit
 def _exponent(p, BITS: tl.constexpr):
-    """e(p): where code p's field sits after masking (in the word, or in the word >> HI_SHIFT)."""
-    HI_SHIFT: tl.constexpr = 12
-    shift = p * BITS
-    return tl.where(shift + BITS <= 23, shift, shift - HI_SHIFT)
+    """e(p): the bit where code p's field sits once byte (p · BITS) // 8 of its word is moved to bits 15..22."""
+    return 15 + BITS * (p % (8 // BITS))
+
+
+@triton.jit
+def _byte_at_bit15(words, BYTE: tl.constexpr):
+    """The words shifted so that byte BYTE sits at bits 15..22 (the fields of its codes at bits e(p))."""
+    if BYTE * 8 <= 15:
+        return words << (15 - BYTE * 8)
+    else:
+        return words >> (BYTE * 8 - 15)
+
+
+@triton.jit
+def _xd_offsets(f, p, PER: tl.constexpr, CHUNK: tl.constexpr):
+    """Offsets of xd[·, p, f] within an activation row: words in chunks of CHUNK (the GEMV's words per K step),
+    xd[m, f // CHUNK, p, f % CHUNK], so that the activations of code p are contiguous within a step (coalesced
+    vector loads) and sit a constant p · CHUNK from those of code 0 (an immediate address offset)."""
+    return (f // CHUNK) * (CHUNK * PER) + p * CHUNK + f % CHUNK
 
 
 @triton.jit
 def prepare_activations_kernel(
-    x_ptr, t_ptr, xd_ptr, gsum_ptr, K, stride_xm, n_words, n_groups,
-    BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, t_ptr, xd_ptr, gsum_ptr, K, stride_xm, n_words, n_chunks, n_groups,
+    BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """xd[m, p, f] = (t ⊙ x)[m, f·PER + p] · 2^-e(p) (0 past K) and gsum[m, g]; grid (cdiv(K_pad, BLOCK_K), M)."""
+    """xd[m, f // CHUNK, p, f % CHUNK] = (t ⊙ x)[m, f·PER + p] · 2^-e(p) (0 past K), and per group g the sums
+    gsum[m, 0, g] = Σ (t ⊙ x) and gsum[m, 1, g] = 2^23 · Σ xd (the bias of the GEMV's magic-number codes);
+    grid (cdiv(K_pad, BLOCK_K), M)."""
     PER: tl.constexpr = 32 // BITS
     m = tl.program_id(1)
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -52,75 +69,92 @@ def prepare_activations_kernel(
     xt = tl.load(x_ptr + m * stride_xm + k, mask=inside, other=0.0).to(tl.float32)
     xt = xt * tl.load(t_ptr + k, mask=inside, other=0.0).to(tl.float32)
     p = k % PER
-    factor = ((127 - _exponent(p, BITS)) << 23).to(tl.float32, bitcast=True)  # exactly 2^-e(p)
-    tl.store(xd_ptr + m * PER * n_words + p * n_words + k // PER, xt * factor, mask=k < n_words * PER)
+    e = _exponent(p, BITS)
+    xs = xt * ((127 - e) << 23).to(tl.float32, bitcast=True)  # exactly xt · 2^-e(p)
+    tl.store(xd_ptr + m * (n_chunks * CHUNK * PER) + _xd_offsets(k // PER, p, PER, CHUNK), xs, mask=k < n_words * PER)
     groups = tl.program_id(0) * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
     sums = tl.sum(tl.reshape(xt, (BLOCK_K // GROUP, GROUP)), axis=1)
-    tl.store(gsum_ptr + m * n_groups + groups, sums, mask=groups < n_groups)
+    tl.store(gsum_ptr + m * 2 * n_groups + groups, sums, mask=groups < n_groups)
+    biases = tl.sum(tl.reshape(xt * ((150 - e) << 23).to(tl.float32, bitcast=True), (BLOCK_K // GROUP, GROUP)), axis=1)
+    tl.store(gsum_ptr + (m * 2 + 1) * n_groups + groups, biases, mask=groups < n_groups)
+
+
+@triton.jit
+def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The bits of the float 2^23 + Q · 2^e(p) for code P of each word: one shift per byte (shared by its codes),
+    then the field's and-or with 2^23's bits, one lop3 (ptxas splits the plain `&` then `|` into two)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
+    FIELD: tl.constexpr = MASK << (15 + BITS * (P % (8 // BITS)))  # _exponent(P, BITS), as a constexpr
+    shifted = _byte_at_bit15(words, P * BITS // 8)
+    if ASM:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
+                                         dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
+    else:  # the interpreter runs no PTX
+        return (shifted & FIELD) | MAGIC
 
 
 @triton.jit
 def sinq_gemv_kernel(
     xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, n_words, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
+    M, N, n_words, n_chunks, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
+    ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     """out[m, n] for BLOCK_M activation rows x BLOCK_N output rows over one K slice; grid (N/BN, SPLIT_K, M/BM)."""
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
-    MASK: tl.constexpr = (1 << BITS) - 1
-    HI_SHIFT: tl.constexpr = 12  # as in _exponent
-    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
+    STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step, the CHUNK of xd
     split = tl.program_id(1)
     m0 = tl.program_id(2) * BLOCK_M
     first = split * words_per_split  # a multiple of WPG: slices hold whole groups
     last = tl.minimum(first + words_per_split, n_words)
     # Tiles are [row, group, word]; activation tiles are [1, group, word] so that every tile shares the words'
     # register layout (no shuffles through shared memory). Per activation row m the kernel keeps its own
-    # accumulators (tuples, unrolled over BLOCK_M), and each unpacked code is used for all of them.
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None, None]
+    # accumulators (tuples, unrolled over BLOCK_M), and each unpacked code is used for all of them. Rows past N
+    # and activation rows past M are clamped, not masked (their results are not stored), so whole steps load
+    # without predicates.
+    rows = tl.minimum(tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None, None]
     gi = tl.arange(0, GROUPS_PER_STEP)[None, :, None]
     wi = gi * WPG + tl.arange(0, WPG)[None, None, :]  # word offsets within a step
-    row_ok = rows < N
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
     sz_rows = rows * stride_sn
     accs = ()
     for mi in tl.static_range(BLOCK_M):
         accs = accs + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, 1), dtype=tl.float32),)
-    for w0 in range(first, last, GROUPS_PER_STEP * WPG):
+    for w0 in tl.range(first, last, GROUPS_PER_STEP * WPG, num_stages=NUM_STAGES):
         f = w0 + wi
-        k_ok = f < last
-        words = tl.load(q_rows + f, mask=row_ok if EVEN_K else row_ok & k_ok, other=0)
-        hi = words >> HI_SHIFT
+        f_ok = f < last  # [1, G, W] like the activation tiles (a [BN, G, W] mask would widen their loads)
+        words = tl.load(q_rows + f) if EVEN_K else tl.load(q_rows + f, mask=f_ok & (rows >= 0), other=0)
         dots = ()
         for mi in tl.static_range(BLOCK_M):
             dots = dots + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
+        xd_words = xd_ptr + _xd_offsets(f, 0, PER, STEP)  # xd[0, ·, 0, f]; code p adds p · STEP (an immediate)
         for p in tl.static_range(PER):
-            if p * BITS + BITS <= 23:
-                field = words & (MASK << (p * BITS))
-            else:
-                field = hi & (MASK << (p * BITS - HI_SHIFT))
-            code = (field | MAGIC).to(tl.float32, bitcast=True) - 8388608.0  # Q · 2^e(p), exact
+            # The float 2^23 + Q · 2^e(p): xd carries the 2^-e(p), and the group's gsum[m, 1] = 2^23 · Σ xd
+            # removes the bias after the sum.
+            code = _code_bits(words, p, BITS, ASM).to(tl.float32, bitcast=True)
             updated = ()
             for mi in tl.static_range(BLOCK_M):
-                # Masks are built as full tiles: Triton 3.9's interpreter rejects a scalar condition, alone or
-                # combined with a tile (its `&` then yields a non-bool array).
-                x_ok = tl.zeros_like(f) + (m0 + mi) < M
-                if not EVEN_K:
-                    x_ok = x_ok & k_ok
-                xp = tl.load(xd_ptr + (m0 + mi) * (PER * n_words) + p * n_words + f, mask=x_ok, other=0.0)
+                xd_p = xd_words + tl.minimum(m0 + mi, M - 1) * (n_chunks * STEP * PER) + p * STEP
+                xp = tl.load(xd_p) if EVEN_K else tl.load(xd_p, mask=f_ok, other=0.0)
                 updated = updated + (dots[mi] + code * xp,)
             dots = updated
         g = w0 // WPG + gi
-        g_ok = g * WPG < last
-        s = tl.load(s_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + sz_rows + g, mask=row_ok & g_ok, other=0.0).to(tl.float32)
+        g_ok = (g * WPG < last) & (rows >= 0)
+        if EVEN_K:
+            s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
+            z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
+        else:
+            s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
         updated = ()
         for mi in tl.static_range(BLOCK_M):
-            gs = tl.load(gsum_ptr + (m0 + mi) * n_groups + g, mask=(tl.zeros_like(g) + (m0 + mi) < M) & g_ok,
-                         other=0.0)  # fmt: skip
-            updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - z * gs),)
+            sums = gsum_ptr + tl.minimum(m0 + mi, M - 1) * 2 * n_groups + g
+            gs = tl.load(sums) if EVEN_K else tl.load(sums, mask=g_ok, other=0.0)
+            bs = tl.load(sums + n_groups) if EVEN_K else tl.load(sums + n_groups, mask=g_ok, other=0.0)
+            updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - bs - z * gs),)
         accs = updated
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS and not PARTIAL:
@@ -137,26 +171,25 @@ def sinq_gemv_kernel(
 
 
 @triton.jit
-def _dequantized_codes(words, s, zs, P: tl.constexpr, BITS: tl.constexpr):
-    """s · (code p of each word) + zs, in fp32, for a tile of words (shift, mask, or in 2^23's exponent, subtract)."""
-    MASK: tl.constexpr = (1 << BITS) - 1
-    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32, as in sinq_gemv_kernel
-    code = (((words >> (P * BITS)) & MASK) | MAGIC).to(tl.float32, bitcast=True) - 8388608.0
-    return code * s + zs
+def _dequantized_codes(words, scales, offsets, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """s · (code P of each word − z) in fp32 for a tile of words: the float 2^23 + Q · 2^e(P) (_code_bits) times
+    scales[j] = s · 2^-e plus offsets[j] = −s · (z + 2^(23 − e)), one fma; j = P mod (8 / BITS) picks e(P)."""
+    return _code_bits(words, P, BITS, ASM).to(tl.float32, bitcast=True) * scales[P % (8 // BITS)] + offsets[
+        P % (8 // BITS)]
 
 
 @triton.jit
-def _unpack_in_order(words, s, zs, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr,
-                     DTYPE: tl.constexpr):  # fmt: skip
+def _unpack_in_order(words, scales, offsets, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr,
+                     BITS: tl.constexpr, DTYPE: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
     """Dequantized codes P0, P0 + STRIDE, ... (COUNT of them) of each word of a [R, W] tile, as [R, W·COUNT] with
     entry f·COUNT + j = code P0 + j·STRIDE of word f. Built by interleaving halves (tl.interleave keeps the new
     axis within each thread, so the in-order tile needs no shuffles); called with P0 = 0, STRIDE = 1 it gives the
     weight row in column order."""
     if COUNT == 1:
-        return _dequantized_codes(words, s, zs, P0, BITS).to(DTYPE)
+        return _dequantized_codes(words, scales, offsets, P0, BITS, ASM).to(DTYPE)
     else:
-        evens = _unpack_in_order(words, s, zs, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE)
-        odds = _unpack_in_order(words, s, zs, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE)
+        evens = _unpack_in_order(words, scales, offsets, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
+        odds = _unpack_in_order(words, scales, offsets, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
         return tl.interleave(evens, odds)
 
 
@@ -166,7 +199,7 @@ def sinq_gemm_kernel(
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN_K: tl.constexpr,
-    PRESCALED: tl.constexpr,
+    PRESCALED: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core product for M > GEMV_MAX_M: out[m, n] over one K slice; grid (N/BN, SPLIT_K, M/BM).
 
@@ -208,9 +241,14 @@ def sinq_gemm_kernel(
             s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             x_ok = m_ok & (k < K)
-        s_w = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W))  # per word
-        zs_w = tl.reshape(tl.broadcast_to((-s * z)[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W))
-        w = _unpack_in_order(words, s_w, zs_w, 0, 1, PER, BITS, x_ptr.dtype.element_ty)  # [BN, BK], s · (Q − z)
+        scales = ()  # per e(p) class j and word: s · 2^-e and −s · (z + 2^(23 − e)), e = 15 + BITS · j
+        offsets = ()
+        for j in tl.static_range(8 // BITS):
+            scale = s * (1.0 / (1 << (15 + BITS * j)))
+            offset = -s * (z + (1 << (8 - BITS * j)))
+            scales = scales + (tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W)),)
+            offsets = offsets + (tl.reshape(tl.broadcast_to(offset[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W)),)
+        w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, x_ptr.dtype.element_ty, ASM)  # s · (Q − z)
         xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
         if not PRESCALED:
             t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)

@@ -87,7 +87,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         splitk_reduce_kernel,
     )
 
-    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "xd_ptr": "*fp32", "gsum_ptr": "*fp32"}  # fmt: skip
+    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "xd_ptr": "*fp32", "gsum_ptr": "*fp32", "counts_ptr": "*i32"}  # fmt: skip
     common = {"BITS": bits, "GROUP": group_size}
     kernels = [
         (prepare_activations_kernel, {**common, "BLOCK_K": 1024, "CHUNK": 32}),

@@ -87,7 +87,8 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     if m == 1:
         block_m, block_n, words_per_step, num_warps, num_stages, per_sm = 1, 8, 32, 1, 3, 7
     else:
-        block_m, block_n, words_per_step, num_warps, num_stages, per_sm = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M), 64, 16, 4, 1, 4  # fmt: skip
+        block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
+        block_n, words_per_step, num_warps, num_stages, per_sm = 64, 16, 4, 1, 4
     groups_per_step = max(1, words_per_step // words_per_group)
     programs = -(-n // block_n) * -(-m // block_m)
     target = min(16, -(-per_sm * sm_count // programs))
@@ -154,8 +155,10 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     bias = bias if has_bias else y
     partial = config.split_k > 1
     out = torch.empty(config.split_k, m, n, device=x.device, dtype=torch.float32) if partial else y
-    run = _launch_gemm if isinstance(config, GemmConfig) else _launch_gemv
-    run(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
+    if isinstance(config, LaunchConfig):  # the GEMV reduces its K slices itself
+        _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
+        return y
+    _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
     if partial:
         wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
@@ -185,26 +188,28 @@ def _check_config(config: LaunchConfig | GemmConfig) -> None:
         raise ValueError(f"GemmConfig block_n={config.block_n} and block_m={config.block_m} must be at least 16")
 
 
-def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
+def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
     m, k = x.shape
     n = out.shape[-1]
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
     words_per_group = group_size * bits // 32
     step = config.groups_per_step * words_per_group
     n_chunks = triton.cdiv(n_words, step)
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
+    n_counts = grid[0] * grid[2] if config.split_k > 1 else 0
     xd = torch.empty(m, n_chunks, 32 // bits, step, device=x.device, dtype=torch.float32)
     gsum = torch.empty(m, 2, n_groups, device=x.device, dtype=torch.float32)
+    counts = torch.empty(max(1, n_counts), device=x.device, dtype=torch.int32)
     block_k = max(_PREPARE_BLOCK, group_size)
     wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
-        x, act_pre_scale, xd, gsum, k, x.stride(0), n_words, n_chunks, n_groups, BITS=bits, GROUP=group_size,
-        BLOCK_K=block_k, CHUNK=step,
+        x, act_pre_scale, xd, gsum, counts, k, x.stride(0), n_words, n_chunks, n_groups, n_counts, BITS=bits,
+        GROUP=group_size, BLOCK_K=block_k, CHUNK=step,
     )  # fmt: skip
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
     even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words  # no partial steps
-    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     wrap(sinq_gemv_kernel)[grid](
-        xd, gsum, qdata, scale, zero_point, bias, out, m, n, n_words, n_chunks, n_groups, qdata.stride(0),
-        scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
+        xd, gsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_words, n_chunks, n_groups, qdata.stride(0),
+        scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits, GROUP=group_size,
         HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=not _interpreting(), NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,

@@ -1,30 +1,32 @@
 """Triton kernels for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v1, see sinq_ao.packing).
 
 For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS consecutive codes: code p of
-word f is column k = f * PER + p. One activation row (decode) runs the CUDA-core GEMV, two kernels (three with
-split-K):
+word f is column k = f * PER + p. One activation row (decode) runs the CUDA-core GEMV, two kernels:
 
 ``prepare_activations_kernel`` (once per call, O(M·K)) multiplies the activations by the column scale t and
-writes them *de-interleaved*, ``xd[m, p, f] = (t ⊙ x)[m, f * PER + p] · 2^-e(p)``, so that the GEMV loads, for
-each code position p, a contiguous run of activations that lines up with the words it multiplies (vector loads,
-no gathers). It also writes the per-group sums ``gsum[m, g] = Σ_{k in g} (t ⊙ x)[m, k]`` for the zero-point term.
+writes them *de-interleaved* in chunks of the GEMV's K step, ``xd[m, f // STEP, p, f % STEP] = (t ⊙ x)[m, f·PER
++ p] · 2^-e(p)``, so that the GEMV loads, for each code position p, a contiguous run of activations that lines up
+with the words it multiplies (coalesced vector loads at a constant offset from those of p = 0). It also writes the
+per-group sums ``gsum[m, 0, g] = Σ_{k in g} (t ⊙ x)[m, k]`` (zero-point term) and ``gsum[m, 1, g] = 2^23 · Σ_{k in
+g} xd`` (the codes' bias, below), and zeroes the GEMV's split-K counters.
 
 ``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
 a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group), and
 
-    y[m, n] += Σ_g s[n, g] · (Σ_{k in g} Q[n, k] x'[m, k] − z[n, g] · gsum[m, g]).
+    y[m, n] += Σ_g s[n, g] (Σ_{k in g} (2^23 + Q[n, k] 2^e) xd[m, k] − gsum[m, 1, g] − z[n, g] gsum[m, 0, g]).
 
-Codes become floats without a shift or an int->float conversion: masking code p *in place* and or-ing the bits of
-2^23 gives the float 2^23 + Q · 2^e(p) exactly (while the field stays below bit 23), so one subtraction yields
-Q · 2^e(p), and the 2^-e(p) folded into xd cancels it. Fields that reach bit 23 or above are taken from the word
-shifted right by HI_SHIFT (one shift per word, not per code). All activation rows of a block (BLOCK_M of them)
-share each unpacked code, so small batches read the weight once.
+Codes become floats without a shift per code, an int->float conversion or a subtraction: each byte of a word is
+shifted once to bits 15..22, and one and-or (a single ``lop3``) per code keeps the code's field, at bit e(p) =
+15 + BITS · (p mod 8/BITS), and sets the bits of 2^23, giving the float 2^23 + Q · 2^e(p) exactly. The 2^-e(p)
+folded into xd scales the field back, and the bias 2^23 · xd is removed once per group; with the field at bit 15
+or above, the bias is at most 2^8 times the code, so the fp32 sums lose at most 8 of their 24 bits. All activation
+rows of a block (BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K >
+1, K slices (whole groups) write fp32 partial sums, and the last slice of each block to finish adds them up in
+slice order (deterministic; one counter per block, no reduction launch).
 
-With SPLIT_K > 1, K slices (whole groups) write fp32 partial sums that ``splitk_reduce_kernel`` adds up
-(deterministic: no atomics).
-
-Two or more rows run ``sinq_gemm_kernel`` on the tensor cores (its docstring), with the same split-K reduction.
-``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
+Two or more rows run ``sinq_gemm_kernel`` on the tensor cores (its docstring), which dequantizes the same codes
+with one fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with
+``splitk_reduce_kernel``. ``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
 
 import triton
@@ -56,13 +58,17 @@ def _xd_offsets(f, p, PER: tl.constexpr, CHUNK: tl.constexpr):
 
 @triton.jit
 def prepare_activations_kernel(
-    x_ptr, t_ptr, xd_ptr, gsum_ptr, K, stride_xm, n_words, n_chunks, n_groups,
+    x_ptr, t_ptr, xd_ptr, gsum_ptr, counts_ptr, K, stride_xm, n_words, n_chunks, n_groups, n_counts,
     BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """xd[m, f // CHUNK, p, f % CHUNK] = (t ⊙ x)[m, f·PER + p] · 2^-e(p) (0 past K), and per group g the sums
     gsum[m, 0, g] = Σ (t ⊙ x) and gsum[m, 1, g] = 2^23 · Σ xd (the bias of the GEMV's magic-number codes);
-    grid (cdiv(K_pad, BLOCK_K), M)."""
+    grid (cdiv(K_pad, BLOCK_K), M). The first program also zeroes the GEMV's n_counts split-K counters."""
     PER: tl.constexpr = 32 // BITS
+    if tl.program_id(0) + tl.program_id(1) == 0:
+        for c0 in range(0, n_counts, BLOCK_K):
+            c = c0 + tl.arange(0, BLOCK_K)
+            tl.store(counts_ptr + c, tl.zeros_like(c), mask=c < n_counts)
     m = tl.program_id(1)
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     inside = k < K
@@ -96,13 +102,14 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def sinq_gemv_kernel(
-    xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, n_words, n_chunks, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
+    xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
+    M, N, n_words, n_chunks, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
-    """out[m, n] for BLOCK_M activation rows x BLOCK_N output rows over one K slice; grid (N/BN, SPLIT_K, M/BM)."""
+    """y[m, n] for BLOCK_M activation rows x BLOCK_N output rows; grid (N/BN, SPLIT_K, M/BM). With PARTIAL (K
+    split), each program writes its slice's fp32 sums to out[split] and the block's last program writes y."""
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
     STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step, the CHUNK of xd
@@ -157,7 +164,7 @@ def sinq_gemv_kernel(
             updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - bs - z * gs),)
         accs = updated
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if HAS_BIAS and not PARTIAL:
+    if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     for mi in tl.static_range(BLOCK_M):
         y = tl.sum(tl.sum(accs[mi], axis=2), axis=1)  # [BLOCK_N]
@@ -168,14 +175,31 @@ def sinq_gemv_kernel(
             if HAS_BIAS:
                 y += bias
             tl.store(out_ptr + (m0 + mi) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+    if PARTIAL:
+        # The last of the K slices of this block to finish adds the slices' partial sums up, in slice order (the
+        # result does not depend on which one finishes last), so no reduction kernel is launched. The counters
+        # were zeroed by prepare_activations_kernel; the barrier and the acq_rel atomic order the partial stores
+        # of every thread before the count, and the count before the reads.
+        tl.debug_barrier()
+        block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+        if tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+            for mi in tl.static_range(BLOCK_M):
+                out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
+                total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+                for other in range(tl.num_programs(1)):
+                    total += tl.load(out_ptr + other * stride_osplit + (m0 + mi) * stride_om + rows, mask=out_mask,
+                                     other=0.0, cache_modifier=".cg")  # fmt: skip
+                if HAS_BIAS:
+                    total += bias
+                tl.store(y_ptr + (m0 + mi) * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
 def _dequantized_codes(words, scales, offsets, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
     """s · (code P of each word − z) in fp32 for a tile of words: the float 2^23 + Q · 2^e(P) (_code_bits) times
     scales[j] = s · 2^-e plus offsets[j] = −s · (z + 2^(23 − e)), one fma; j = P mod (8 / BITS) picks e(P)."""
-    return _code_bits(words, P, BITS, ASM).to(tl.float32, bitcast=True) * scales[P % (8 // BITS)] + offsets[
-        P % (8 // BITS)]
+    code = _code_bits(words, P, BITS, ASM).to(tl.float32, bitcast=True)
+    return code * scales[P % (8 // BITS)] + offsets[P % (8 // BITS)]
 
 
 @triton.jit
@@ -194,6 +218,12 @@ def _unpack_in_order(words, scales, offsets, P0: tl.constexpr, STRIDE: tl.conste
 
 
 @triton.jit
+def _per_word(values, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WPG: tl.constexpr):
+    """A [BLOCK_N, GROUPS] tile of per-group values repeated for each of a group's WPG words: [BLOCK_N, GROUPS·WPG]."""
+    return tl.reshape(tl.broadcast_to(values[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, GROUPS * WPG))
+
+
+@triton.jit
 def sinq_gemm_kernel(
     x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
@@ -206,10 +236,10 @@ def sinq_gemm_kernel(
     The operands are swapped (out^T = W x'^T) so that the dequantized weight tile is the left operand, which the
     tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step loads
     BLOCK_W words per row and each (row, group)'s scale and zero-point once, unpacks every code position p (code p
-    of word f is column f·PER + p), applies s and z in fp32, rounds once to the activations' dtype, and
-    interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With PRESCALED
-    the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy straight to
-    the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
+    of word f is column f·PER + p), applies s and z with one fp32 fma per code, rounds once to the activations'
+    dtype, and interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With
+    PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy
+    straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
     """
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
@@ -246,8 +276,8 @@ def sinq_gemm_kernel(
         for j in tl.static_range(8 // BITS):
             scale = s * (1.0 / (1 << (15 + BITS * j)))
             offset = -s * (z + (1 << (8 - BITS * j)))
-            scales = scales + (tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W)),)
-            offsets = offsets + (tl.reshape(tl.broadcast_to(offset[:, :, None], (BLOCK_N, GROUPS, WPG)), (BLOCK_N, BLOCK_W)),)
+            scales = scales + (_per_word(scale, BLOCK_N, GROUPS, WPG),)
+            offsets = offsets + (_per_word(offset, BLOCK_N, GROUPS, WPG),)
         w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, x_ptr.dtype.element_ty, ASM)  # s · (Q − z)
         xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
         if not PRESCALED:

@@ -42,7 +42,7 @@ _PREPARE_BLOCK = 1024
 class LaunchConfig(NamedTuple):
     block_n: int  # output rows per program
     groups_per_step: int  # quantization groups per row per K step
-    split_k: int = 1  # K slices (whole groups), summed by splitk_reduce_kernel
+    split_k: int = 1  # K slices (whole groups); the last slice of a row block to finish adds them up
     num_warps: int = 4
     block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
     num_stages: int = 1  # software-pipelined K steps (loads issued this many steps ahead); 1: none

@@ -183,3 +183,17 @@ def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(
     x, y = torch.randn(16, 64), torch.empty(16, 32)
     with pytest.raises((ValueError, TypeError), match=message):
         launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 32, config=config)
+
+
+def test_inline_ptx_is_off_under_the_interpreter_and_on_rocm(monkeypatch):
+    """The kernels' one-lop3 unpack is PTX: the interpreter and AMD GPUs (ROCm torch) get the plain and-or."""
+    from sinq_ao.kernels import _inline_ptx
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert _inline_ptx()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not _inline_ptx()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert not _inline_ptx()

@@ -166,9 +166,10 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     return y
 
 
-def _interpreting() -> bool:
-    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1), which executes no inline PTX."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _inline_ptx() -> bool:
+    """Whether the kernels may use inline PTX: not under Triton's interpreter (TRITON_INTERPRET=1), which executes
+    none, nor on ROCm builds of torch (whose "cuda" tensors run on AMD GPUs)."""
+    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.version.hip is None
 
 
 def _check_config(config: LaunchConfig | GemmConfig) -> None:
@@ -211,7 +212,7 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
         xd, gsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_words, n_chunks, n_groups, qdata.stride(0),
         scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits, GROUP=group_size,
         HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=not _interpreting(), NUM_STAGES=config.num_stages,
+        GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,
     )  # fmt: skip
 
@@ -231,7 +232,7 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
         x, act_pre_scale, qdata, scale, zero_point, bias, out, m, n, k, n_words, x.stride(0), qdata.stride(0),
         scale.stride(0), out.stride(-2), out.stride(0), words_per_split, BITS=bits, GROUP=group_size,
         HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, ASM=not _interpreting(),
+        BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, ASM=_inline_ptx(),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 

@@ -96,7 +96,7 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
     if ASM:
         return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
                                          dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
-    else:  # the interpreter runs no PTX
+    else:  # the interpreter and AMD GPUs run no PTX
         return (shifted & FIELD) | MAGIC
 
 

@@ -77,11 +77,13 @@ def prepare_activations_kernel(
     p = k % PER
     e = _exponent(p, BITS)
     xs = xt * ((127 - e) << 23).to(tl.float32, bitcast=True)  # exactly xt · 2^-e(p)
-    tl.store(xd_ptr + m * (n_chunks * CHUNK * PER) + _xd_offsets(k // PER, p, PER, CHUNK), xs, mask=k < n_words * PER)
+    xd_row = xd_ptr + m * (n_chunks * CHUNK * PER)
+    tl.store(xd_row + _xd_offsets(k // PER, p, PER, CHUNK), xs, mask=k < n_words * PER)
     groups = tl.program_id(0) * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
     sums = tl.sum(tl.reshape(xt, (BLOCK_K // GROUP, GROUP)), axis=1)
     tl.store(gsum_ptr + m * 2 * n_groups + groups, sums, mask=groups < n_groups)
-    biases = tl.sum(tl.reshape(xt * ((150 - e) << 23).to(tl.float32, bitcast=True), (BLOCK_K // GROUP, GROUP)), axis=1)
+    bias_terms = xt * ((150 - e) << 23).to(tl.float32, bitcast=True)  # exactly xt · 2^(23 - e(p)) = 2^23 · xs
+    biases = tl.sum(tl.reshape(bias_terms, (BLOCK_K // GROUP, GROUP)), axis=1)
     tl.store(gsum_ptr + (m * 2 + 1) * n_groups + groups, biases, mask=groups < n_groups)
 
 

@@ -168,7 +168,8 @@ def bench_layers(args) -> list[dict]:
                                             w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
                     except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
                         continue
-                    row.setdefault("candidates", []).append({"kernel": type(config).__name__, **config._asdict(), "us": us})
+                    timing = {"kernel": type(config).__name__, **config._asdict(), "us": us}
+                    row.setdefault("candidates", []).append(timing)
                     if best is None or us < best[1]:
                         best = (config, us)
                 row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}
@@ -389,6 +390,9 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    known_shapes = [f"{n}x{k}" for n, k in SHAPES]
+    if args.shapes and set(args.shapes) - set(known_shapes):
+        parser.error(f"--shapes {sorted(set(args.shapes) - set(known_shapes))}: not among {known_shapes}")
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")

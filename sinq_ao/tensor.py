@@ -275,9 +275,10 @@ def mark_static_weights(model: torch.nn.Module) -> torch.nn.Module:
 
     ``torch.compile(mode="reduce-overhead")`` replays CUDA graphs and copies every input it does not know to be
     static into the graph's buffers before each replay; a tensor-subclass weight reaches the graph as its inner
-    tensors. Measured on an H100 (docs/results.md): marking every weight lifted a 4-layer Llama-3-8B-shaped model
-    from 0.74x to 0.98x bf16 under reduce-overhead, but not the 32-layer one (0.71x, where a hand-captured CUDA
-    graph gives 1.32x), so the remaining per-replay cost is not (only) copying. ``quantize_(model,
+    tensors. Measured on an H100 (docs/results.md, v2 kernels): marking every weight lifted a 4-layer
+    Llama-3-8B-shaped model from 0.74x to 0.98x bf16 under reduce-overhead, but not the 32-layer one (0.71x, where a
+    hand-captured CUDA graph gave 1.32x; v4 kernels: 0.82x against 1.52x), so the remaining per-replay cost is not
+    (only) copying. ``quantize_(model,
     SINQConfig(...))`` marks the weights it makes; call this again after ``model.to(...)`` or loading, which make
     new tensors. Returns ``model``.
     """

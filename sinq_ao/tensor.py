@@ -52,12 +52,14 @@ class SINQTensor(TorchAOBaseTensor):
     def __init__(self, qdata, scale, zero_point, act_pre_scale, bits, group_size, shape, scheme, tiling,
                  layout_version, transposed):  # fmt: skip
         super().__init__()
-        if layout_version != packing.LAYOUT_VERSION:
+        if layout_version not in packing.READABLE_VERSIONS:
             raise ValueError(
                 f"SINQTensor layout_version={layout_version!r} is not known to this sinq_ao "
-                f"(it reads version {packing.LAYOUT_VERSION}); upgrade sinq_ao or re-quantize the model"
+                f"(it reads versions {packing.READABLE_VERSIONS}); upgrade sinq_ao or re-quantize the model"
             )
-        self.qdata = qdata
+        in_features = shape[0] if transposed else shape[1]
+        self.qdata = packing.upgrade(qdata, bits, in_features, layout_version)  # older checkpoints: repack once
+        layout_version = packing.LAYOUT_VERSION
         self.scale = scale
         self.zero_point = zero_point
         self.act_pre_scale = act_pre_scale

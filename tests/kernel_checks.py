@@ -81,16 +81,14 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
     from sinq_ao.kernels.triton_kernels import (
         dequantize_kernel,
-        prepare_activations_kernel,
         sinq_gemm_kernel,
         sinq_gemv_kernel,
         splitk_reduce_kernel,
     )
 
-    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "xd_ptr": "*fp32", "gsum_ptr": "*fp32", "counts_ptr": "*i32"}  # fmt: skip
+    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32"}  # fmt: skip
     common = {"BITS": bits, "GROUP": group_size}
     kernels = [
-        (prepare_activations_kernel, {**common, "BLOCK_K": 1024, "CHUNK": 32}),
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
                             "GROUPS_PER_STEP": 4, "EVEN_K": False, "ASM": True, "NUM_STAGES": 3}),  # fmt: skip
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,

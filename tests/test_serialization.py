@@ -82,6 +82,24 @@ def test_unknown_layout_version_is_refused_when_rebuilding():
         unflatten_tensor_state_dict(data, metadata)
 
 
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_layout_v1_checkpoint_loads_repacked_with_the_same_codes(bits):
+    """A checkpoint written before layout v2 (consecutive codes per word) loads with the same weight."""
+    from tests.test_packing import _pack_layout_v1
+
+    weight = SINQTensor.from_hp(structured_matrix(32, 96, seed=bits), bits=bits, group_size=32)
+    data, metadata = flatten_tensor_state_dict({"layer.weight": weight})
+    data["layer._weight_qdata"] = _pack_layout_v1(weight.codes(), bits)
+    entry = json.loads(metadata["layer.weight"])
+    entry["_data"]["layout_version"] = 1
+    metadata["layer.weight"] = json.dumps(entry)
+    restored, _ = unflatten_tensor_state_dict(load(save(data, metadata=metadata)), metadata)
+    restored = restored["layer.weight"]
+    assert restored.layout_version == weight.layout_version == 2
+    assert torch.equal(restored.qdata, weight.qdata)
+    assert torch.equal(restored.dequantize(), weight.dequantize())
+
+
 def test_every_inner_tensor_is_one_transformers_collects_when_loading():
     """transformers' torchao loader gathers a fixed list of inner-tensor suffixes; a new one would not load."""
     quantizer = TorchAoHfQuantizer(TorchAoConfig(SINQConfig()), pre_quantized=True)

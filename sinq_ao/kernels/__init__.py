@@ -11,6 +11,7 @@ first call (the defaults come from ``benchmarks/gpu_speed.py --sweep`` runs on a
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -21,7 +22,6 @@ try:
 
     from .triton_kernels import (
         dequantize_kernel,
-        prepare_activations_kernel,
         sinq_gemm_kernel,
         sinq_gemv_kernel,
         splitk_reduce_kernel,
@@ -36,7 +36,6 @@ PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _REDUCE_BLOCK = 1024
-_PREPARE_BLOCK = 1024
 
 
 class LaunchConfig(NamedTuple):
@@ -75,25 +74,28 @@ def even_split(steps: int, target: int) -> int:
 def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
 
-    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_v4_gemv_sweep.json):
-    for one activation row, 8 rows x 32 words per step with one warp and a 3-stage software pipeline was best or
-    within 5 % on every Llama-shaped layer (16 rows x 64 words with 4 warps and no pipeline ties it), with K split
-    until about 7 programs per SM exist; for 2-4 rows (explicitly asked for: the dispatcher sends them to the
-    tensor-core kernel), 64 rows x 16 words with 4 warps, K split until about four programs per SM exist. The
-    split always divides the K steps evenly: ragged slices need masked loads, which lose vectorization
-    (16384^2, M = 4: 428 us with a split of 3, 248 us with 4; docs/results.md).
+    From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_v5_gemv_sweep*.json):
+    for one activation row, 8 rows x 64 words per step with one warp and a 3-stage software pipeline was best on
+    every Llama-shaped layer. K is split until about 3.5 programs per SM exist (1024 x 4096: 6.8 us in 4 slices),
+    and where fewer than 6 per SM exist, also until slices are about 12 steps long (4096 x 14336: 21.1 us in 2
+    slices, 24.6 us whole); short K stays whole (4096^2: 10.0 us whole, 10.7 us in 2 slices). For 2-4 rows
+    (explicitly asked for: the dispatcher sends them to the tensor-core kernel), 64 rows x 16 words with 4 warps,
+    K split until about four programs per SM exist. The split always divides the K steps evenly: ragged slices
+    need masked loads, which lose vectorization (docs/results.md).
     """
     words_per_group = max(1, group_size * bits // 32)
     if m == 1:
-        block_m, block_n, words_per_step, num_warps, num_stages, per_sm = 1, 8, 32, 1, 3, 7
+        block_m, block_n, words_per_step, num_warps, num_stages, per_sm, long_slice = 1, 8, 64, 1, 3, 3.5, 12
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
-        block_n, words_per_step, num_warps, num_stages, per_sm = 64, 16, 4, 1, 4
+        block_n, words_per_step, num_warps, num_stages, per_sm, long_slice = 64, 16, 4, 1, 4, None
     groups_per_step = max(1, words_per_step // words_per_group)
     programs = -(-n // block_n) * -(-m // block_m)
-    target = min(16, -(-per_sm * sm_count // programs))
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
-    split_k = 1 if ragged else even_split(steps, target)
+    target = math.ceil(per_sm * sm_count / programs)
+    if long_slice and programs < 6 * sm_count:
+        target = max(target, steps // long_slice)
+    split_k = 1 if ragged else even_split(steps, min(16, target))
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, num_stages)
 
 
@@ -181,6 +183,9 @@ def _check_config(config: LaunchConfig | GemmConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
     gemm = isinstance(config, GemmConfig)
+    if not gemm and config.block_m > GEMV_MAX_BLOCK_M:
+        raise ValueError(f"LaunchConfig.block_m={config.block_m} is above GEMV_MAX_BLOCK_M={GEMV_MAX_BLOCK_M} (the "
+                         "GEMV unrolls over its activation rows; use a GemmConfig for more rows)")  # fmt: skip
     for name in ("block_n", "block_m", "block_w") if gemm else ("block_n", "groups_per_step", "block_m"):
         value = getattr(config, name)
         if value & (value - 1):
@@ -195,23 +200,17 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
     words_per_group = group_size * bits // 32
     step = config.groups_per_step * words_per_group
-    n_chunks = triton.cdiv(n_words, step)
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
-    n_counts = grid[0] * grid[2] if config.split_k > 1 else 0
-    xd = torch.empty(m, n_chunks, 32 // bits, step, device=x.device, dtype=torch.float32)
-    gsum = torch.empty(m, 2, n_groups, device=x.device, dtype=torch.float32)
-    counts = torch.empty(max(1, n_counts), device=x.device, dtype=torch.int32)
-    block_k = max(_PREPARE_BLOCK, group_size)
-    wrap(prepare_activations_kernel)[(triton.cdiv(n_words * 32 // bits, block_k), m)](
-        x, act_pre_scale, xd, gsum, counts, k, x.stride(0), n_words, n_chunks, n_groups, n_counts, BITS=bits,
-        GROUP=group_size, BLOCK_K=block_k, CHUNK=step,
-    )  # fmt: skip
+    partial = config.split_k > 1
+    # split-K counters, one per row block (unused without a split: any int32 buffer will do, no memset)
+    counts = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32) if partial else qdata
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
-    even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words  # no partial steps
+    # no partial steps and no columns past K: every load unmasked
+    even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words and n_words * 32 == k * bits
     wrap(sinq_gemv_kernel)[grid](
-        xd, gsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_words, n_chunks, n_groups, qdata.stride(0),
-        scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits, GROUP=group_size,
-        HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        x, act_pre_scale, qdata, scale, zero_point, bias, out, y, counts, m, n, k, n_words, x.stride(0),
+        qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits,
+        GROUP=group_size, HAS_BIAS=has_bias, PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages,
         num_warps=config.num_warps,
     )  # fmt: skip

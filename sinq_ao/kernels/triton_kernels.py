@@ -1,28 +1,26 @@
-"""Triton kernels for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v1, see sinq_ao.packing).
+"""Triton kernels for y = [s ⊙ (Q − z)] (t ⊙ x) + b with bit-packed Q (layout v2, see sinq_ao.packing).
 
-For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS consecutive codes: code p of
-word f is column k = f * PER + p. One activation row (decode) runs the CUDA-core GEMV, two kernels:
-
-``prepare_activations_kernel`` (once per call, O(M·K)) multiplies the activations by the column scale t and
-writes them *de-interleaved* in chunks of the GEMV's K step, ``xd[m, f // STEP, p, f % STEP] = (t ⊙ x)[m, f·PER
-+ p] · 2^-e(p)``, so that the GEMV loads, for each code position p, a contiguous run of activations that lines up
-with the words it multiplies (coalesced vector loads at a constant offset from those of p = 0). It also writes the
-per-group sums ``gsum[m, 0, g] = Σ_{k in g} (t ⊙ x)[m, k]`` (zero-point term) and ``gsum[m, 1, g] = 2^23 · Σ_{k in
-g} xd`` (the codes' bias, below), and zeroes the GEMV's split-K counters.
+For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS codes, interleaved within
+32-column chunks: code p of word f is column k = (f // BITS) · 32 + p · BITS + f mod BITS, so code position p of
+consecutive words meets consecutive columns. One activation row (decode) runs the CUDA-core GEMV, one launch:
 
 ``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
-a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group), and
+a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group). It loads
+x and t for each code position as [1, GROUPS, WORDS_PER_GROUP] tiles (contiguous, one step ahead of their use),
+forms xs = (t ⊙ x) · 2^-e(p) in fp32, and per word f and row n accumulates
 
-    y[m, n] += Σ_g s[n, g] (Σ_{k in g} (2^23 + Q[n, k] 2^e) xd[m, k] − gsum[m, 1, g] − z[n, g] gsum[m, 0, g]).
+    s[n, g] (Σ_p (2^23 + Q[n, k_p] 2^e(p)) xs_p − 2^23 Σ_p xs_p − z[n, g] Σ_p (t ⊙ x)_p)  =  s Σ_p (Q − z) (t ⊙ x),
+
+the dot starting at the last two terms; the [row, group, word] accumulator is reduced once, after the loop.
 
 Codes become floats without a shift per code, an int->float conversion or a subtraction: each byte of a word is
 shifted once to bits 15..22, and one and-or (a single ``lop3``) per code keeps the code's field, at bit e(p) =
 15 + BITS · (p mod 8/BITS), and sets the bits of 2^23, giving the float 2^23 + Q · 2^e(p) exactly. The 2^-e(p)
-folded into xd scales the field back, and the bias 2^23 · xd is removed once per group; with the field at bit 15
-or above, the bias is at most 2^8 times the code, so the fp32 sums lose at most 8 of their 24 bits. All activation
-rows of a block (BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K >
-1, K slices (whole groups) write fp32 partial sums, and the last slice of each block to finish adds them up in
-slice order (deterministic; one counter per block, no reduction launch).
+in xs scales the field back; with the field at bit 15 or above, the bias is at most 2^8 times the code, so the
+fp32 sums lose at most 8 of their 24 bits. All activation rows of a block (BLOCK_M of them) share each unpacked
+code, so small batches read the weight once. With SPLIT_K > 1, K slices (whole groups) write fp32 partial sums,
+and the last slice of each block to finish adds them up in slice order (deterministic; one counter per block,
+zeroed by the launcher; no reduction launch).
 
 Two or more rows run ``sinq_gemm_kernel`` on the tensor cores (its docstring), which dequantizes the same codes
 with one fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with
@@ -33,10 +31,10 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
-def _exponent(p, BITS: tl.constexpr):
-    """e(p): the bit where code p's field sits once byte (p · BITS) // 8 of its word is moved to bits 15..22."""
-    return 15 + BITS * (p % (8 // BITS))
+@triton.constexpr_function
+def exponent(p, bits):
+    """e(p): the bit where code p's field sits once byte (p · bits) // 8 of its word is moved to bits 15..22."""
+    return 15 + bits * (p % (8 // bits))
 
 
 @triton.jit
@@ -49,51 +47,12 @@ def _byte_at_bit15(words, BYTE: tl.constexpr):
 
 
 @triton.jit
-def _xd_offsets(f, p, PER: tl.constexpr, CHUNK: tl.constexpr):
-    """Offsets of xd[·, p, f] within an activation row: words in chunks of CHUNK (the GEMV's words per K step),
-    xd[m, f // CHUNK, p, f % CHUNK], so that the activations of code p are contiguous within a step (coalesced
-    vector loads) and sit a constant p · CHUNK from those of code 0 (an immediate address offset)."""
-    return (f // CHUNK) * (CHUNK * PER) + p * CHUNK + f % CHUNK
-
-
-@triton.jit
-def prepare_activations_kernel(
-    x_ptr, t_ptr, xd_ptr, gsum_ptr, counts_ptr, K, stride_xm, n_words, n_chunks, n_groups, n_counts,
-    BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
-):  # fmt: skip
-    """xd[m, f // CHUNK, p, f % CHUNK] = (t ⊙ x)[m, f·PER + p] · 2^-e(p) (0 past K), and per group g the sums
-    gsum[m, 0, g] = Σ (t ⊙ x) and gsum[m, 1, g] = 2^23 · Σ xd (the bias of the GEMV's magic-number codes);
-    grid (cdiv(K_pad, BLOCK_K), M). The first program also zeroes the GEMV's n_counts split-K counters."""
-    PER: tl.constexpr = 32 // BITS
-    if tl.program_id(0) + tl.program_id(1) == 0:
-        for c0 in range(0, n_counts, BLOCK_K):
-            c = c0 + tl.arange(0, BLOCK_K)
-            tl.store(counts_ptr + c, tl.zeros_like(c), mask=c < n_counts)
-    m = tl.program_id(1)
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    inside = k < K
-    xt = tl.load(x_ptr + m * stride_xm + k, mask=inside, other=0.0).to(tl.float32)
-    xt = xt * tl.load(t_ptr + k, mask=inside, other=0.0).to(tl.float32)
-    p = k % PER
-    e = _exponent(p, BITS)
-    xs = xt * ((127 - e) << 23).to(tl.float32, bitcast=True)  # exactly xt · 2^-e(p)
-    xd_row = xd_ptr + m * (n_chunks * CHUNK * PER)
-    tl.store(xd_row + _xd_offsets(k // PER, p, PER, CHUNK), xs, mask=k < n_words * PER)
-    groups = tl.program_id(0) * (BLOCK_K // GROUP) + tl.arange(0, BLOCK_K // GROUP)
-    sums = tl.sum(tl.reshape(xt, (BLOCK_K // GROUP, GROUP)), axis=1)
-    tl.store(gsum_ptr + m * 2 * n_groups + groups, sums, mask=groups < n_groups)
-    bias_terms = xt * ((150 - e) << 23).to(tl.float32, bitcast=True)  # exactly xt · 2^(23 - e(p)) = 2^23 · xs
-    biases = tl.sum(tl.reshape(bias_terms, (BLOCK_K // GROUP, GROUP)), axis=1)
-    tl.store(gsum_ptr + (m * 2 + 1) * n_groups + groups, biases, mask=groups < n_groups)
-
-
-@triton.jit
 def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
     """The bits of the float 2^23 + Q · 2^e(p) for code P of each word: one shift per byte (shared by its codes),
     then the field's and-or with 2^23's bits, one lop3 (ptxas splits the plain `&` then `|` into two)."""
     MASK: tl.constexpr = (1 << BITS) - 1
     MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
-    FIELD: tl.constexpr = MASK << (15 + BITS * (P % (8 // BITS)))  # _exponent(P, BITS), as a constexpr
+    FIELD: tl.constexpr = MASK << exponent(P, BITS)
     shifted = _byte_at_bit15(words, P * BITS // 8)
     if ASM:
         return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
@@ -103,9 +62,31 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _step_activations(x_ptr, t_ptr, w0, wi, last, m0, M, K, stride_xm,
+                      BITS: tl.constexpr, BLOCK_M: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
+    """t and x (as loaded) for the codes of words w0 + wi, [1, G, W] tiles: t for code positions p = 0..PER-1,
+    then x for each activation row m0 + mi and p (index PER · (1 + mi) + p). Code p of word f multiplies column
+    (f // BITS) · 32 + p · BITS + f mod BITS (layout v2), so for each p consecutive words meet consecutive columns.
+    Zero past ``last`` and K (masked) unless EVEN_K."""
+    PER: tl.constexpr = 32 // BITS
+    cols = (w0 // BITS) * 32 + (wi // BITS) * 32 + wi % BITS  # w0 is a multiple of BITS (whole groups)
+    ok = ((w0 + wi) < last) & (cols < K)
+    loaded = ()
+    for p in tl.static_range(PER):
+        loaded = loaded + ((tl.load(t_ptr + cols + p * BITS) if EVEN_K else
+                            tl.load(t_ptr + cols + p * BITS, mask=ok & (cols + p * BITS < K), other=0.0)),)
+    for mi in tl.static_range(BLOCK_M):
+        x_row = x_ptr + tl.minimum(m0 + mi, M - 1) * stride_xm
+        for p in tl.static_range(PER):
+            loaded = loaded + ((tl.load(x_row + cols + p * BITS) if EVEN_K else
+                                tl.load(x_row + cols + p * BITS, mask=ok & (cols + p * BITS < K), other=0.0)),)
+    return loaded
+
+
+@triton.jit
 def sinq_gemv_kernel(
-    xd_ptr, gsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
-    M, N, n_words, n_chunks, n_groups, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
+    x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
+    M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
     ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -114,7 +95,6 @@ def sinq_gemv_kernel(
     split), each program writes its slice's fp32 sums to out[split] and the block's last program writes y."""
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
-    STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step, the CHUNK of xd
     split = tl.program_id(1)
     m0 = tl.program_id(2) * BLOCK_M
     first = split * words_per_split  # a multiple of WPG: slices hold whole groups
@@ -129,41 +109,53 @@ def sinq_gemv_kernel(
     wi = gi * WPG + tl.arange(0, WPG)[None, None, :]  # word offsets within a step
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
     sz_rows = rows * stride_sn
-    accs = ()
+    accs = ()  # per activation row, [BN, G, W]: reduced over groups and words once, after the loop
     for mi in tl.static_range(BLOCK_M):
-        accs = accs + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, 1), dtype=tl.float32),)
-    for w0 in tl.range(first, last, GROUPS_PER_STEP * WPG, num_stages=NUM_STAGES):
+        accs = accs + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
+    STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step
+    # The activations are loaded one step ahead (register double buffering; the words are pipelined by Triton)
+    acts = _step_activations(x_ptr, t_ptr, first, wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)
+    for w0 in tl.range(first, last, STEP, num_stages=NUM_STAGES):
         f = w0 + wi
         f_ok = f < last  # [1, G, W] like the activation tiles (a [BN, G, W] mask would widen their loads)
         words = tl.load(q_rows + f) if EVEN_K else tl.load(q_rows + f, mask=f_ok & (rows >= 0), other=0)
-        dots = ()
-        for mi in tl.static_range(BLOCK_M):
-            dots = dots + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
-        xd_words = xd_ptr + _xd_offsets(f, 0, PER, STEP)  # xd[0, ·, 0, f]; code p adds p · STEP (an immediate)
-        for p in tl.static_range(PER):
-            # The float 2^23 + Q · 2^e(p): xd carries the 2^-e(p), and the group's gsum[m, 1] = 2^23 · Σ xd
-            # removes the bias after the sum.
-            code = _code_bits(words, p, BITS, ASM).to(tl.float32, bitcast=True)
-            updated = ()
-            for mi in tl.static_range(BLOCK_M):
-                xd_p = xd_words + tl.minimum(m0 + mi, M - 1) * (n_chunks * STEP * PER) + p * STEP
-                xp = tl.load(xd_p) if EVEN_K else tl.load(xd_p, mask=f_ok, other=0.0)
-                updated = updated + (dots[mi] + code * xp,)
-            dots = updated
         g = w0 // WPG + gi
-        g_ok = (g * WPG < last) & (rows >= 0)
         if EVEN_K:
             s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
         else:
+            g_ok = (g * WPG < last) & (rows >= 0)
             s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
+        # the next step's (the last step re-reads its own: in bounds, unused)
+        following = _step_activations(x_ptr, t_ptr, tl.minimum(w0 + STEP, last - STEP) if EVEN_K else w0 + STEP,
+                                      wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)  # fmt: skip
+        xs = ()  # xs = (t ⊙ x) · 2^-e(p), per activation row mi and code position p (index mi · PER + p)
+        for mi in tl.static_range(BLOCK_M):
+            for p in tl.static_range(PER):
+                scale = 1.0 / (1 << exponent(p, BITS))  # exactly 2^-e(p)
+                xs = xs + (acts[PER * (1 + mi) + p].to(tl.float32) * (acts[p].to(tl.float32) * scale),)
+        acts = following
+        # Each word's dot starts at minus the codes' bias 2^23 · Σ_p xs and the zero-point's z · Σ_p (t ⊙ x)
+        # (Σ over the word's codes), so that after its codes it holds Σ_p (Q − z) (t ⊙ x) for that word.
+        dots = ()
+        for mi in tl.static_range(BLOCK_M):
+            bias_sum = xs[mi * PER]
+            x_sum = xs[mi * PER] * (1 << exponent(0, BITS))
+            for p in tl.static_range(1, PER):
+                bias_sum += xs[mi * PER + p]
+                x_sum += xs[mi * PER + p] * (1 << exponent(p, BITS))
+            dots = dots + (-(z * x_sum + bias_sum * (1 << 23)),)
+        for p in tl.static_range(PER):
+            # The float 2^23 + Q · 2^e(p): xs carries the 2^-e(p), and the start value the bias.
+            code = _code_bits(words, p, BITS, ASM).to(tl.float32, bitcast=True)
+            updated = ()
+            for mi in tl.static_range(BLOCK_M):
+                updated = updated + (dots[mi] + code * xs[mi * PER + p],)
+            dots = updated
         updated = ()
         for mi in tl.static_range(BLOCK_M):
-            sums = gsum_ptr + tl.minimum(m0 + mi, M - 1) * 2 * n_groups + g
-            gs = tl.load(sums) if EVEN_K else tl.load(sums, mask=g_ok, other=0.0)
-            bs = tl.load(sums + n_groups) if EVEN_K else tl.load(sums + n_groups, mask=g_ok, other=0.0)
-            updated = updated + (accs[mi] + s * (tl.sum(dots[mi], axis=2, keep_dims=True) - bs - z * gs),)
+            updated = updated + (accs[mi] + s * dots[mi],)
         accs = updated
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
@@ -179,8 +171,8 @@ def sinq_gemv_kernel(
             tl.store(out_ptr + (m0 + mi) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=out_mask)
     if PARTIAL:
         # The last of the K slices of this block to finish adds the slices' partial sums up, in slice order (the
-        # result does not depend on which one finishes last), so no reduction kernel is launched. The counters
-        # were zeroed by prepare_activations_kernel; the barrier and the acq_rel atomic order the partial stores
+        # result does not depend on which one finishes last), so no reduction kernel is launched. The launcher
+        # zeroes the counters; the barrier and the acq_rel atomic order the partial stores
         # of every thread before the count, and the count before the reads.
         tl.debug_barrier()
         block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
@@ -276,11 +268,15 @@ def sinq_gemm_kernel(
         scales = ()  # per e(p) class j and word: s · 2^-e and −s · (z + 2^(23 − e)), e = 15 + BITS · j
         offsets = ()
         for j in tl.static_range(8 // BITS):
-            scale = s * (1.0 / (1 << (15 + BITS * j)))
-            offset = -s * (z + (1 << (8 - BITS * j)))
+            scale = s * (1.0 / (1 << exponent(j, BITS)))
+            offset = -s * (z + (1 << (23 - exponent(j, BITS))))
             scales = scales + (_per_word(scale, BLOCK_N, GROUPS, WPG),)
             offsets = offsets + (_per_word(offset, BLOCK_N, GROUPS, WPG),)
         w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, x_ptr.dtype.element_ty, ASM)  # s · (Q − z)
+        # entry f·PER + p holds column (f // BITS)·32 + p·BITS + f mod BITS (layout v2): within each 32-column
+        # chunk the order is (word j, position p); put it in column order (p, j)
+        w = tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
+                       (BLOCK_N, BLOCK_K))  # fmt: skip
         xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
         if not PRESCALED:
             t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
@@ -316,14 +312,15 @@ def splitk_reduce_kernel(partial_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K:
 def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, stride_wn,
                       BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """w[n, k] = s[n, g] · (Q[n, k] − z[n, g]) in w's dtype, without t (applied to the activations); grid over
-    (N / BLOCK_N, K / BLOCK_K). Output elements are contiguous per thread; each word is read PER times (cached)."""
+    (N / BLOCK_N, K / BLOCK_K). Column k is code (k mod 32) // BITS of word (k // 32) · BITS + k mod BITS; output
+    elements are contiguous per thread; each word is read PER times (cached)."""
     PER: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
     mask = (rows < N) & (k < K)
-    words = tl.load(q_ptr + rows.to(tl.int64) * stride_qn + k // PER, mask=mask, other=0)
-    code = ((words >> ((k % PER) * BITS)) & MASK).to(tl.float32)
+    words = tl.load(q_ptr + rows.to(tl.int64) * stride_qn + (k // 32) * BITS + k % BITS, mask=mask, other=0)
+    code = ((words >> ((k % 32) // BITS * BITS)) & MASK).to(tl.float32)
     s = tl.load(s_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code - z)).to(w_ptr.dtype.element_ty), mask=mask)

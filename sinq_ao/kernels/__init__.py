@@ -75,27 +75,26 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
 
     From `benchmarks/gpu_speed.py layers --sweep` on an H100 (benchmarks/results/h100/layers_v5_gemv_sweep*.json):
-    for one activation row, 8 rows x 64 words per step with one warp and a 3-stage software pipeline was best on
-    every Llama-shaped layer. K is split until about 3.5 programs per SM exist (1024 x 4096: 6.8 us in 4 slices),
-    and where fewer than 6 per SM exist, also until slices are about 12 steps long (4096 x 14336: 21.1 us in 2
-    slices, 24.6 us whole); short K stays whole (4096^2: 10.0 us whole, 10.7 us in 2 slices). For 2-4 rows
-    (explicitly asked for: the dispatcher sends them to the tensor-core kernel), 64 rows x 16 words with 4 warps,
-    K split until about four programs per SM exist. The split always divides the K steps evenly: ragged slices
-    need masked loads, which lose vectorization (docs/results.md).
+    for one activation row, 8 rows per program and a 3-stage software pipeline; with many row blocks (at least 6
+    per SM: N >= 8192 here) 64 words per step and one warp (14336 x 4096: 19.8 us against 24.9 for the next
+    choice), with fewer 128 words per step shared by two warps, which splits K inside the program (4096 x 14336:
+    19.3 us against 21.4; 4096^2 8.6 against 8.8; 1024 x 4096 6.6 against 6.8). K is split across programs until
+    about 3.5 warps per SM exist (1024 x 4096: 2 slices; 4096^2 stays whole: 8.6 us against 12.3 in 2 slices). For
+    2-4 rows (explicitly asked for: the dispatcher sends them to the tensor-core kernel), 64 rows x 16 words with 4
+    warps, K split until about four programs per SM exist. The split always divides the K steps evenly: ragged
+    slices need masked loads, which lose vectorization (docs/results.md).
     """
     words_per_group = max(1, group_size * bits // 32)
     if m == 1:
-        block_m, block_n, words_per_step, num_warps, num_stages, per_sm, long_slice = 1, 8, 64, 1, 3, 3.5, 12
+        block_m, block_n, num_stages, per_sm = 1, 8, 3, 3.5
+        words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
-        block_n, words_per_step, num_warps, num_stages, per_sm, long_slice = 64, 16, 4, 1, 4, None
+        block_n, words_per_step, num_warps, num_stages, per_sm = 64, 16, 4, 1, 4 * 4  # 4 programs of 4 warps
     groups_per_step = max(1, words_per_step // words_per_group)
-    programs = -(-n // block_n) * -(-m // block_m)
+    warps = -(-n // block_n) * -(-m // block_m) * num_warps
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
-    target = math.ceil(per_sm * sm_count / programs)
-    if long_slice and programs < 6 * sm_count:
-        target = max(target, steps // long_slice)
-    split_k = 1 if ragged else even_split(steps, min(16, target))
+    split_k = 1 if ragged else even_split(steps, min(16, math.ceil(per_sm * sm_count / warps)))
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, num_stages)
 
 

@@ -45,7 +45,8 @@ def sass_of(kernel, constants: dict, num_warps: int, num_stages: int) -> str:
     names = kernel.arg_names
     signature = {name: "constexpr" if name in constants else POINTER_TYPES.get(name, "*bf16" if name.endswith("_ptr")
                  else "i32") for name in names}  # fmt: skip
-    aligned = [n for n in names if n not in constants and (n.endswith("_ptr") or n.startswith("stride") or n in ALIGNED_INTS)]
+    aligned = [n for n in names
+               if n not in constants and (n.endswith("_ptr") or n.startswith("stride") or n in ALIGNED_INTS)]
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     compiled = compile_for_sm90(kernel, signature, constants, attrs, num_warps=num_warps, num_stages=num_stages)
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"

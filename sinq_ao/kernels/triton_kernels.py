@@ -9,9 +9,10 @@ a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loade
 x and t for each code position as [1, GROUPS, WORDS_PER_GROUP] tiles (contiguous, one step ahead of their use),
 forms xs = (t ⊙ x) · 2^-e(p) in fp32, and per word f and row n accumulates
 
-    s[n, g] (Σ_p (2^23 + Q[n, k_p] 2^e(p)) xs_p − 2^23 Σ_p xs_p − z[n, g] Σ_p (t ⊙ x)_p)  =  s Σ_p (Q − z) (t ⊙ x),
+    s[n, g] (Σ_p (2^23 + Q[n, k_p] 2^e(p)) xs_p − 2^23 Σ_p xs_p − z[n, g] Σ_p (t ⊙ x)_p) = s Σ_p (Q − z)(t ⊙ x)
 
-the dot starting at the last two terms; the [row, group, word] accumulator is reduced once, after the loop.
+(k_p the column of code p), the dot starting at the last two terms; the [row, group, word] accumulator is
+reduced once, after the loop.
 
 Codes become floats without a shift per code, an int->float conversion or a subtraction: each byte of a word is
 shifted once to bits 15..22, and one and-or (a single ``lop3``) per code keeps the code's field, at bit e(p) =
@@ -70,16 +71,16 @@ def _step_activations(x_ptr, t_ptr, w0, wi, last, m0, M, K, stride_xm,
     Zero past ``last`` and K (masked) unless EVEN_K."""
     PER: tl.constexpr = 32 // BITS
     cols = (w0 // BITS) * 32 + (wi // BITS) * 32 + wi % BITS  # w0 is a multiple of BITS (whole groups)
-    ok = ((w0 + wi) < last) & (cols < K)
+    in_slice = (w0 + wi) < last
     loaded = ()
     for p in tl.static_range(PER):
         loaded = loaded + ((tl.load(t_ptr + cols + p * BITS) if EVEN_K else
-                            tl.load(t_ptr + cols + p * BITS, mask=ok & (cols + p * BITS < K), other=0.0)),)
+                            tl.load(t_ptr + cols + p * BITS, mask=in_slice & (cols + p * BITS < K), other=0.0)),)
     for mi in tl.static_range(BLOCK_M):
         x_row = x_ptr + tl.minimum(m0 + mi, M - 1) * stride_xm
         for p in tl.static_range(PER):
             loaded = loaded + ((tl.load(x_row + cols + p * BITS) if EVEN_K else
-                                tl.load(x_row + cols + p * BITS, mask=ok & (cols + p * BITS < K), other=0.0)),)
+                                tl.load(x_row + cols + p * BITS, mask=in_slice & (cols + p * BITS < K), other=0.0)),)
     return loaded
 
 
@@ -172,8 +173,8 @@ def sinq_gemv_kernel(
     if PARTIAL:
         # The last of the K slices of this block to finish adds the slices' partial sums up, in slice order (the
         # result does not depend on which one finishes last), so no reduction kernel is launched. The launcher
-        # zeroes the counters; the barrier and the acq_rel atomic order the partial stores
-        # of every thread before the count, and the count before the reads.
+        # zeroes the counters; the barrier and the acq_rel atomic order the partial stores of every thread before
+        # the count, and the count before the reads.
         tl.debug_barrier()
         block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
         if tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1:
@@ -313,8 +314,7 @@ def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, st
                       BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """w[n, k] = s[n, g] · (Q[n, k] − z[n, g]) in w's dtype, without t (applied to the activations); grid over
     (N / BLOCK_N, K / BLOCK_K). Column k is code (k mod 32) // BITS of word (k // 32) · BITS + k mod BITS; output
-    elements are contiguous per thread; each word is read PER times (cached)."""
-    PER: tl.constexpr = 32 // BITS
+    elements are contiguous per thread; each word is read 32 / BITS times (cached)."""
     MASK: tl.constexpr = (1 << BITS) - 1
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]

@@ -102,20 +102,19 @@ def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
 def gemv_candidates(m, n, k, bits, group_size=64):
     """Launch configurations tried by --sweep: rows per program, groups per K step, warps (with more warps than
     rows x groups need, Triton spreads warps along the groups: K split inside a program); activation rows per
-    program: 1, or up to 4; K split until about 2, 4 and 8 programs per SM exist (evenly, as default_config
-    does); software pipelines of 1 (none), 3 and 4 stages of the words."""
+    program: M rounded up to a power of two, at most GEMV_MAX_BLOCK_M; K split until about 2, 4 and 8 programs per
+    SM exist (evenly, as default_config does); software pipelines of 1 (none), 3 and 4 stages of the words."""
     configs = []
     n_groups = -(-k // group_size)
-    block_ms = [1] if m == 1 else sorted({min(m, 4), m})
-    for block_m in block_ms:
-        for block_n, groups, warps in [(4, 8, 1), (8, 4, 1), (8, 8, 1), (8, 16, 1), (16, 4, 1), (16, 8, 1),
-                                       (8, 8, 2), (16, 8, 2), (16, 16, 2), (32, 8, 4), (8, 16, 2), (8, 32, 4),
-                                       (4, 16, 2), (4, 32, 4)]:  # fmt: skip
-            programs = -(-n // block_n) * -(-m // block_m)
-            splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
-            for split in sorted(splits):
-                for stages in (1, 3, 4):
-                    configs.append(LaunchConfig(block_n, groups, split, warps, block_m, stages))
+    block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)  # a power of two, at most 4
+    for block_n, groups, warps in [(4, 8, 1), (8, 4, 1), (8, 8, 1), (8, 16, 1), (16, 4, 1), (16, 8, 1), (8, 8, 2),
+                                   (16, 8, 2), (16, 16, 2), (32, 8, 4), (8, 16, 2), (8, 32, 4), (4, 16, 2),
+                                   (4, 32, 4)]:  # fmt: skip
+        programs = -(-n // block_n) * -(-m // block_m)
+        splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
+        for split in sorted(splits):
+            for stages in (1, 3, 4):
+                configs.append(LaunchConfig(block_n, groups, split, warps, block_m, stages))
     return configs
 
 

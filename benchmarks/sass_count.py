@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao.kernels import triton_kernels  # noqa: E402
 from tests.helpers import compile_for_sm90  # noqa: E402
+from tests.kernel_checks import POINTER_TYPES  # noqa: E402
 
 KERNELS = {
     "gemv": (triton_kernels.sinq_gemv_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, PARTIAL=False, BLOCK_M=1,
@@ -36,19 +37,15 @@ KERNELS = {
                                                    BLOCK_N=64, BLOCK_W=8, EVEN_K=True, PRESCALED=False,
                                                    ASM=True), 4, 2),  # fmt: skip
 }
-POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "counts_ptr": "*i32"}  # other pointers: bf16
 ALIGNED_INTS = ("N", "K", "n_words", "words_per_split")  # specialised as multiples of 16, as in real launches
 OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 
 def sass_of(kernel, constants: dict, num_warps: int, num_stages: int) -> str:
-    names = kernel.arg_names
-    signature = {name: "constexpr" if name in constants else POINTER_TYPES.get(name, "*bf16" if name.endswith("_ptr")
-                 else "i32") for name in names}  # fmt: skip
-    aligned = [n for n in names
+    aligned = [n for n in kernel.arg_names
                if n not in constants and (n.endswith("_ptr") or n.startswith("stride") or n in ALIGNED_INTS)]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    compiled = compile_for_sm90(kernel, signature, constants, attrs, num_warps=num_warps, num_stages=num_stages)
+    compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, aligned=aligned, num_warps=num_warps,
+                                num_stages=num_stages)  # fmt: skip
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])

@@ -57,9 +57,8 @@ class SINQTensor(TorchAOBaseTensor):
                 f"SINQTensor layout_version={layout_version!r} is not known to this sinq_ao "
                 f"(it reads versions {packing.READABLE_VERSIONS}); upgrade sinq_ao or re-quantize the model"
             )
-        in_features = shape[0] if transposed else shape[1]
-        self.qdata = packing.upgrade(qdata, bits, in_features, layout_version)  # older checkpoints: repack once
-        layout_version = packing.LAYOUT_VERSION
+        self.transposed = transposed
+        self.qdata = packing.upgrade(qdata, bits, self.in_features, layout_version)  # older checkpoints: repack once
         self.scale = scale
         self.zero_point = zero_point
         self.act_pre_scale = act_pre_scale
@@ -67,8 +66,7 @@ class SINQTensor(TorchAOBaseTensor):
         self.group_size = group_size
         self.scheme = scheme
         self.tiling = tiling
-        self.layout_version = layout_version
-        self.transposed = transposed
+        self.layout_version = packing.LAYOUT_VERSION
 
     def _quantization_type(self) -> str:
         return (
@@ -280,9 +278,8 @@ def mark_static_weights(model: torch.nn.Module) -> torch.nn.Module:
     tensors. Measured on an H100 (docs/results.md, v2 kernels): marking every weight lifted a 4-layer
     Llama-3-8B-shaped model from 0.74x to 0.98x bf16 under reduce-overhead, but not the 32-layer one (0.71x, where a
     hand-captured CUDA graph gave 1.32x; v4 kernels: 0.82x against 1.52x), so the remaining per-replay cost is not
-    (only) copying. ``quantize_(model,
-    SINQConfig(...))`` marks the weights it makes; call this again after ``model.to(...)`` or loading, which make
-    new tensors. Returns ``model``.
+    (only) copying. ``quantize_(model, SINQConfig(...))`` marks the weights it makes; call this again after
+    ``model.to(...)`` or loading, which make new tensors. Returns ``model``.
     """
     for module in model.modules():
         for param in module.parameters(recurse=False):

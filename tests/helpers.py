@@ -49,12 +49,19 @@ def structured_matrix(rows: int, cols: int, seed: int, spread: float = 1.5) -> t
     return base * row_scale * col_scale
 
 
-def compile_for_sm90(kernel, signature: dict, constants: dict, attrs: dict | None = None, **options):
+def compile_for_sm90(kernel, constants: dict, pointer_types: dict | None = None, default_pointer: str = "*bf16",
+                     aligned=(), **options):
     """Compile a Triton kernel ahead of time for sm_90 without a GPU (Triton ships ptxas); returns the compiled
-    kernel (its ``asm`` holds TTIR, TTGIR and PTX)."""
+    kernel (its ``asm`` holds TTIR, TTGIR, PTX and the cubin). Arguments in ``constants`` are constexprs, pointers
+    (``*_ptr``) take ``pointer_types[name]`` or ``default_pointer``, the rest are i32; those named in ``aligned``
+    are specialised as multiples of 16, as a launch on aligned tensors and sizes would."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(kernel, signature, constants, attrs or {})
+    names = kernel.arg_names
+    signature = {name: "constexpr" if name in constants else (pointer_types or {}).get(name, default_pointer)
+                 if name.endswith("_ptr") else "i32" for name in names}  # fmt: skip
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = ASTSource(kernel, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)

@@ -77,6 +77,10 @@ if __name__ == "__main__":
     run_interpreter_cases()
 
 
+# Pointer types of the linear kernels' arguments for an ahead-of-time build (the others point to bf16).
+POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32"}
+
+
 def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
     from sinq_ao.kernels.triton_kernels import (
@@ -86,7 +90,6 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         splitk_reduce_kernel,
     )
 
-    pointer_types = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32"}  # fmt: skip
     common = {"BITS": bits, "GROUP": group_size}
     kernels = [
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
@@ -98,9 +101,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     ]
     names = []
     for kernel, constants in kernels:
-        signature = {name: "constexpr" if name in constants else pointer_types.get(name, "*bf16" if name.endswith("_ptr") else "i32")
-                     for name in kernel.arg_names}  # fmt: skip
-        compiled = compile_for_sm90(kernel, signature, constants, num_warps=4, num_stages=3)
+        compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, num_warps=4, num_stages=3)
         assert "ptx" in compiled.asm
         names.append(compiled.name)
     return names

@@ -123,11 +123,9 @@ def compile_for_hopper(tiles_type: str, block_rows: int, block_cols: int, num_wa
     constants = {"STD_LO": _STD_CLAMP[0], "STD_HI": _STD_CLAMP[1], "STEP_LO": _STEP_CLAMP[0], "STEP_HI": _STEP_CLAMP[1],
                  "LOG_LO": _LOG_CLIP[0], "LOG_HI": _LOG_CLIP[1], "BLOCK_R": block_rows, "BLOCK_C": block_cols,
                  "NUM_STAGES": 2, "stride_c": 1}  # fmt: skip
-    signature = {name: "constexpr" if name in constants else (tiles_type if name == "tiles_ptr" else "*fp32")
-                 if name.endswith("_ptr") else "i32" for name in names}  # fmt: skip
     aligned = [name for name in names if name.endswith("_ptr") or name in ("rows", "cols", "stride_b", "stride_r")]
-    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
-    return compile_for_sm90(sinkhorn_kernel, signature, constants, attrs, num_warps=num_warps).asm["ptx"]
+    return compile_for_sm90(sinkhorn_kernel, constants, {"tiles_ptr": tiles_type}, "*fp32", aligned,
+                            num_warps=num_warps).asm["ptx"]  # fmt: skip
 
 
 @requires_triton

@@ -86,15 +86,16 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     """
     words_per_group = max(1, group_size * bits // 32)
     if m == 1:
-        block_m, block_n, num_stages, per_sm = 1, 8, 3, 3.5
+        block_m, block_n, num_stages, warps_per_sm = 1, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
-        block_n, words_per_step, num_warps, num_stages, per_sm = 64, 16, 4, 1, 4 * 4  # 4 programs of 4 warps
+        block_n, words_per_step, num_warps, num_stages = 64, 16, 4, 1
+        warps_per_sm = 4 * num_warps  # four programs
     groups_per_step = max(1, words_per_step // words_per_group)
     warps = -(-n // block_n) * -(-m // block_m) * num_warps
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
-    split_k = 1 if ragged else even_split(steps, min(16, math.ceil(per_sm * sm_count / warps)))
+    split_k = 1 if ragged else even_split(steps, min(16, math.ceil(warps_per_sm * sm_count / warps)))
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, num_stages)
 
 

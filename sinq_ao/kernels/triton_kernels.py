@@ -230,9 +230,10 @@ def sinq_gemm_kernel(
 
     The operands are swapped (out^T = W x'^T) so that the dequantized weight tile is the left operand, which the
     tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step loads
-    BLOCK_W words per row and each (row, group)'s scale and zero-point once, unpacks every code position p (code p
-    of word f is column f·PER + p), applies s and z with one fp32 fma per code, rounds once to the activations'
-    dtype, and interleaves the positions back into the [BLOCK_N, BLOCK_W·PER] column-order tile of one dot. With
+    BLOCK_W words per row and each (row, group)'s scale and zero-point once, unpacks every code position p, applies
+    s and z with one fp32 fma per code, rounds once to the activations' dtype, interleaves the positions into
+    (word, position) order and permutes each 32-column chunk into column order (layout v2): the [BLOCK_N,
+    BLOCK_W·PER] tile of one dot. With
     PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy
     straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
     """

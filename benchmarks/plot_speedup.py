@@ -18,10 +18,21 @@ COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d"]
 PANEL_W, PANEL_H, MARGIN = 360, 260, 48
 
 
+NEEDED = ("N", "K", "M", "bf16_us", "sinq_us", "tinygemm_us")
+
+
 def load_rows(paths: list[Path]) -> dict[tuple[int, int, int], dict]:
+    """The rows of `gpu_speed.py layers` JSON files, keyed by (N, K, M); ValueError naming the file otherwise."""
     rows = {}
     for path in paths:
-        for row in json.loads(path.read_text())["rows"]:
+        try:
+            loaded = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a readable `gpu_speed.py layers` JSON file ({error!r})") from error
+        for row in loaded:
+            missing = [key for key in NEEDED if key not in row]
+            if missing:
+                raise ValueError(f"{path}: a row lacks {missing}: {row}")
             rows[(row["N"], row["K"], row["M"])] = row
     return rows
 
@@ -77,7 +88,13 @@ def main(argv=None):
     parser.add_argument("layers_json", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    svg = render(load_rows(args.layers_json))
+    try:
+        rows = load_rows(args.layers_json)
+    except ValueError as error:
+        parser.error(str(error))
+    if not rows:
+        parser.error("the files hold no rows")
+    svg = render(rows)
     tmp = args.out.with_suffix(".svg.tmp")
     tmp.write_text(svg)
     tmp.replace(args.out)  # atomic: a failed run leaves the old plot

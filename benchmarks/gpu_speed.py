@@ -1,16 +1,18 @@
 """GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
 
-    python benchmarks/gpu_speed.py layers  [--sweep] [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--out results.json]
+    python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma]] [--ms 1 4 16 ...] [--shapes 4096x4096 ...]
+                                           [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
                                            [--variants bf16 sinq tinygemm] [--mark-static]
     python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
-            our GEMV for M = 1, our tensor-core kernel for M = 2..256, else the plain path; and the Inductor-compiled
-            plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig, tile_packed_to_4d, i.e.
+            our GEMV for M = 1, the register-operand tensor-core kernel for M = 2..MMA_MAX_M, the older tensor-core
+            kernel up to 256 (also timed at M = 2..MMA_MAX_M, "old gemm"), else the plain path; and the
+            Inductor-compiled plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig, tile_packed_to_4d, i.e.
             aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R different weight copies (R chosen
             so they overflow the 50 MB L2), replayed and divided by R. --sweep also times candidate block sizes of the
-            kernels (the GEMV up to GEMV_MAX_BLOCK_M rows, the tensor-core kernel from 2) and reports the best.
+            kernels (the GEMV up to GEMV_MAX_BLOCK_M rows, the two tensor-core kernels from 2) and reports the best.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
@@ -36,7 +38,15 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
-from sinq_ao.kernels import GEMV_MAX_BLOCK_M, LaunchConfig, default_gemm_config, even_split, launch  # noqa: E402
+from sinq_ao.kernels import (  # noqa: E402
+    GEMV_MAX_BLOCK_M,
+    MMA_MAX_M,
+    LaunchConfig,
+    MmaConfig,
+    default_gemm_config,
+    even_split,
+    launch,
+)
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (16384, 16384)]  # (N out, K in)
@@ -137,6 +147,36 @@ def gemm_candidates(m, n, k, bits):
     return configs
 
 
+def mma_candidates(m, n, k, group_size=64):
+    """Register-operand tensor-core configurations tried by --sweep: 64, 128 or 256 weight rows (4 or 8 warps),
+    M rounded up to a power of two (16..64), 2-4 pipeline stages, K split evenly until about 1, 2 and 4 programs
+    per SM exist."""
+    configs = []
+    block_m = min(max(16, 1 << (m - 1).bit_length()), 64)
+    for block_n, warps in [(64, 4), (128, 4), (128, 8), (256, 8)]:
+        programs = -(-n // block_n) * -(-m // block_m)
+        splits = {even_split(k // group_size, min(8, -(-per_sm * 132 // programs))) for per_sm in (1, 2, 4)}
+        for split in sorted(splits):
+            for stages in (2, 3, 4):
+                configs.append(MmaConfig(block_n, block_m, split, warps, stages))
+    return configs
+
+
+KERNEL_FAMILIES = ("gemv", "gemm", "mma")
+
+
+def sweep_candidates(m, n, k, families=KERNEL_FAMILIES):
+    """The --sweep candidates of the chosen kernel families for M activation rows (4-bit, groups of 64)."""
+    candidates = []
+    if "gemv" in families and m <= GEMV_MAX_BLOCK_M:
+        candidates += gemv_candidates(m, n, k, 4)
+    if "gemm" in families and m > 1:
+        candidates += gemm_candidates(m, n, k, 4)
+    if "mma" in families and m > 1 and k % 64 == 0:
+        candidates += mma_candidates(m, n, k)
+    return candidates
+
+
 def bench_layers(args) -> list[dict]:
     rows = []
     torch.manual_seed(0)
@@ -156,14 +196,17 @@ def bench_layers(args) -> list[dict]:
             row["bf16_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in bf16_ws])
             row["sinq_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in sinq_ws])
             row["tinygemm_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in tiny_ws])
+            if 1 < m <= MMA_MAX_M:  # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel
+                gemm = default_gemm_config(m, n, k, 4)
+                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+                row["sinq_gemm_us"] = graph_time_us([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point,
+                                                     w.act_pre_scale, None, y, 4, 64, config=gemm) for w in sinq_ws])  # fmt: skip
             if m >= 4:
                 row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
             if args.sweep:
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
-                candidates = ((gemv_candidates(m, n, k, 4) if m <= GEMV_MAX_BLOCK_M else [])
-                              + (gemm_candidates(m, n, k, 4) if m > 1 else []))  # fmt: skip
-                for config in candidates:
+                for config in sweep_candidates(m, n, k, args.kernels):
                     try:
                         us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
                                             w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
@@ -182,10 +225,11 @@ def bench_layers(args) -> list[dict]:
         del bf16_ws, sinq_ws, tiny_ws, tiny
         torch.cuda.empty_cache()
     log(f"\n{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
-        f" {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
+        f" {'old gemm':>8} {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
     for r in rows:
         log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>4} {r['bf16_us']:8.1f} {r['sinq_us']:8.1f} {r['tinygemm_us']:8.1f}"
-            f" {r['speedup_vs_bf16']:7.2f} {r['speedup_vs_tinygemm']:7.2f} {r.get('sinq_inductor_us', float('nan')):8.1f}"
+            f" {r['speedup_vs_bf16']:7.2f} {r['speedup_vs_tinygemm']:7.2f} {r.get('sinq_gemm_us', float('nan')):8.1f}"
+            f" {r.get('sinq_inductor_us', float('nan')):8.1f}"
             f" {r.get('best_us', float('nan')):11.1f} {r.get('best_config', '')}")  # fmt: skip
     return rows
 
@@ -387,6 +431,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["layers", "decode", "quant-time"])
     parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
+    parser.add_argument("--kernels", nargs="+", choices=KERNEL_FAMILIES, default=list(KERNEL_FAMILIES),
+                        help="kernel families whose configurations --sweep tries (layers)")
     parser.add_argument("--ms", type=int, nargs="+", default=MS, help="activation rows M (layers)")
     parser.add_argument("--shapes", nargs="+", type=layer_shape,
                         help="N x K shapes instead of the issue's five, e.g. 4096x4096 1024x4096 (layers)")

@@ -3,7 +3,7 @@
 import torch
 
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import GemmConfig, LaunchConfig, dequantize, launch
+from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig, dequantize, launch
 from tests.helpers import compile_for_sm90
 
 
@@ -56,6 +56,15 @@ INTERPRETER_CASES = [
     ]
 ]
 
+# The register-operand kernel reads 16-bit activations only (float16 here): M, N ragged, K split, 2 and 4 bits.
+INTERPRETER_MMA_CASES = [
+    (4, 3, 70, 256, 64, MmaConfig(64, 16)),
+    (4, 20, 140, 512, 64, MmaConfig(128, 16, 2)),
+    (4, 33, 64, 256, 128, MmaConfig(64, 32, 2)),
+    (2, 5, 64, 512, 128, MmaConfig(64, 16, 4)),
+    (4, 2, 64, 128, 64, None),  # the default for M = 2
+]
+
 
 def run_interpreter_cases() -> None:
     """Entry point for the TRITON_INTERPRET=1 subprocess: print one line per case, fail loudly on a miss."""
@@ -70,6 +79,10 @@ def run_interpreter_cases() -> None:
             error = dequantize_relative_error(bits, n, k, g, dtype, "cpu")
             print(f"{dtype} dequantize bits={bits} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, n, k, g, error)
+    for bits, m, n, k, g, config in INTERPRETER_MMA_CASES:
+        error = kernel_relative_error(bits, m, n, k, g, torch.float16, "cpu", config)
+        print(f"float16 register-operand bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
+        assert error < 5e-3, (bits, m, n, k, g, error)
     print("interpreter cases passed")
 
 
@@ -78,15 +91,17 @@ if __name__ == "__main__":
 
 
 # Pointer types of the linear kernels' arguments for an ahead-of-time build (the others point to bf16).
-POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32"}
+POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32", "xsum_ptr": "*fp32"}
 
 
 def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
     from sinq_ao.kernels.triton_kernels import (
         dequantize_kernel,
+        mma_activations_kernel,
         sinq_gemm_kernel,
         sinq_gemv_kernel,
+        sinq_mma_kernel,
         splitk_reduce_kernel,
     )
 
@@ -99,6 +114,11 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
         (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
     ]
+    if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
+        mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}
+        kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4}),
+                    (sinq_mma_kernel, {**mma, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 128,
+                                       "ASM": True, "NUM_STAGES": 3})]  # fmt: skip
     names = []
     for kernel, constants in kernels:
         compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, num_warps=4, num_stages=3)

@@ -4,8 +4,8 @@ import argparse
 
 import pytest
 
-from benchmarks.gpu_speed import gemm_candidates, gemv_candidates, layer_shape
-from sinq_ao.kernels import _check_config
+from benchmarks.gpu_speed import layer_shape, sweep_candidates
+from sinq_ao.kernels import LaunchConfig, MmaConfig, _check_config
 
 
 def test_layer_shapes_parse_as_out_by_in_features():
@@ -21,9 +21,20 @@ def test_malformed_layer_shapes_are_refused_by_name(text):
 
 @pytest.mark.parametrize("n, k", [(4096, 4096), (1024, 4096), (4096, 14336), (16384, 16384)])
 def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
-    for m in (1, 4, 16):
-        for config in gemv_candidates(m, n, k, 4) + (gemm_candidates(m, n, k, 4) if m > 1 else []):
+    for m in (1, 4, 16, 64):
+        kinds = set()
+        for config in sweep_candidates(m, n, k):
             _check_config(config)  # raises for block sizes the kernels cannot compile
-            gemv = hasattr(config, "groups_per_step")
-            steps = (k // 64) // config.groups_per_step if gemv else (k // 32 * 4) // config.block_w  # 4-bit, g64
+            kinds.add(type(config).__name__)
+            if isinstance(config, LaunchConfig):
+                steps = (k // 64) // config.groups_per_step
+            elif isinstance(config, MmaConfig):
+                steps = k // 64  # one group per step
+                assert config.block_m >= min(m, 64) and config.block_m < max(2 * m, 32), (m, config)
+            else:
+                steps = (k // 32 * 4) // config.block_w  # 4-bit, g64
             assert steps % config.split_k == 0, (m, config)
+        expected = {"LaunchConfig"} if m <= 4 else set()  # the GEMV's rows per program are at most 4
+        expected |= {"MmaConfig"} if m > 1 else set()
+        expected |= {"GemmConfig"} if m > 8 else set()  # block heights (>= 16) below 2 M
+        assert kinds == expected, m

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 import torch
 
 from sinq_ao import SINQConfig, SINQTensor
-from sinq_ao.kernels import GemmConfig, LaunchConfig
+from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig
 from tests.helpers import (
     assert_passes_under_the_interpreter,
     relative_error,
@@ -26,7 +26,7 @@ def test_kernels_match_reference_under_the_triton_interpreter():
 @requires_triton
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernels_compile_for_hopper_without_a_gpu(bits):
-    assert len(compile_for_hopper(bits)) == 4
+    assert len(compile_for_hopper(bits)) == (6 if bits in (2, 4) else 4)
 
 
 @requires_triton
@@ -41,6 +41,22 @@ def test_hopper_build_runs_wgmma_in_the_tensor_core_loop_and_lop3_in_the_gemv_lo
     loop = [op.split(".")[0] for op in longest_loop(sass_of(kernel, constants, warps, stages))]
     codes_per_thread = constants["BLOCK_N"] * constants["GROUPS_PER_STEP"] * constants["GROUP"] // 32  # 1 warp
     assert loop.count("LOP3") == codes_per_thread and loop.count("FFMA") >= codes_per_thread
+
+
+@requires_triton
+def test_register_operand_kernel_feeds_wgmma_from_registers_with_one_lop3_per_two_codes():
+    """sinq_mma_kernel's sm_90 K loop: the packed halves go from their pipelined shared-memory copy (ldmatrix)
+    straight into the wgmma register operand, one LOP3 per two codes; no tile is stored to shared memory (the
+    only stores are single 16- or 32-bit values: each row's scale and zero-point, staged for the epilogue)."""
+    from benchmarks.sass_count import KERNELS, longest_loop, sass_of
+
+    kernel, constants, warps, stages = KERNELS["mma"]
+    loop = longest_loop(sass_of(kernel, constants, warps, stages))
+    names = [op.split(".")[0] for op in loop]
+    codes_per_thread = constants["BLOCK_N"] * constants["GROUP"] // (32 * warps)  # one group per step
+    assert "HGMMA" in names and "LDSM" in names
+    assert {op for op in loop if op.startswith("STS")} <= {"STS", "STS.U16"}
+    assert names.count("LOP3") == codes_per_thread // 2
 
 
 @requires_cuda
@@ -98,6 +114,45 @@ def test_tensor_core_launch_configs_match_reference_on_gpu(bits):
     configs = [GemmConfig(64, 16, words, 3), GemmConfig(128, 32, 2 * words, 2, 8, 2), GemmConfig(64, 64, words, 1, 4, 2),
                GemmConfig(128, 128, words, 5, 8, 2), GemmConfig(256, 16, words, 1, 8, 2), GemmConfig(64, 16, 4 * words, 7)]  # fmt: skip
     assert_configs_match_reference(bits, configs, [16, 20, 64, 130, 9, 1], seed=300 + bits)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_register_operand_kernel_matches_reference_on_gpu_over_random_shapes(bits, dtype):
+    """sinq_mma_kernel (the dispatcher's choice for M = 2..MMA_MAX_M): random M, ragged N, K whole groups, its
+    default configuration and explicit ones (K splits, row blocks, pipeline depths)."""
+    gen = torch.Generator().manual_seed(400 + bits)
+    group_sizes = [64, 128] if bits == 4 else [128, 256]  # 2 bits: a dot needs 16 halves, i.e. 128 codes
+    configs = [None, MmaConfig(64, 16), MmaConfig(128, 16, 3), MmaConfig(256, 32, 2, 8, 2), MmaConfig(128, 64, 1, 4, 4),
+               None, MmaConfig(64, 32, 5, 4, 2), None]  # fmt: skip
+    for case, config in enumerate(configs):
+        m = [2, 3, 16, 33, 64, 17, 9, 40][case]
+        group_size = group_sizes[case % 2]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + int(torch.randint(0, 2, (1,), generator=gen)) * 7
+        k = int(torch.randint(1, 12, (1,), generator=gen)) * group_size * (config.split_k if config else 1)
+        error = kernel_relative_error(bits, m, n, k, group_size, dtype, "cuda", config=config, seed=case)
+        assert error < 1e-2, (bits, dtype, config, m, n, k, group_size, error)
+
+
+def test_register_operand_kernel_refuses_formats_it_cannot_read_by_name():
+    from sinq_ao.kernels import launch
+
+    for bits, group_size, k, dtype in [(8, 64, 128, torch.bfloat16), (2, 64, 128, torch.bfloat16),
+                                       (4, 64, 96, torch.bfloat16), (4, 64, 128, torch.float32)]:  # fmt: skip
+        w = SINQTensor.from_hp(torch.randn(32, k), bits=bits, group_size=group_size)
+        x, y = torch.randn(16, k, dtype=dtype), torch.empty(16, 32, dtype=dtype)
+        with pytest.raises(ValueError, match=f"MmaConfig needs .* got bits={bits}, group_size={group_size}, K={k}"):
+            launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, bits, group_size, config=MmaConfig())
+
+
+@given(m=st.integers(2, 64), n=st.integers(1, 40000), k_groups=st.integers(1, 600), sms=st.sampled_from([66, 132]))
+def test_default_mma_config_splits_k_into_equal_whole_groups(m, n, k_groups, sms):
+    from sinq_ao.kernels import _check_config, default_mma_config
+
+    config = default_mma_config(m, n, k_groups * 64, 64, sms)
+    _check_config(config)
+    assert config.block_m >= min(m, 64) and k_groups % config.split_k == 0 and config.split_k <= 8
 
 
 @requires_cuda
@@ -188,7 +243,9 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     "config, message",
     [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
-     (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"), ("fast", "LaunchConfig or a GemmConfig")],
+     (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
+     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(32, 16), "block_n=32 must be a power of two of"),
+     (MmaConfig(128, 8), "block_m=8 must be a power of two of at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
 )  # fmt: skip
 def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):
     from sinq_ao.kernels import launch

@@ -22,7 +22,9 @@ try:
 
     from .triton_kernels import (
         dequantize_kernel,
+        mma_activations_kernel,
         sinq_gemm_kernel,
+        sinq_mma_kernel,
         sinq_gemv_kernel,
         splitk_reduce_kernel,
     )
@@ -35,6 +37,8 @@ FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
+MMA_MAX_M = 64  # the dispatcher's range for it (when the format allows); the older tensor-core kernel above
 _REDUCE_BLOCK = 1024
 
 
@@ -54,6 +58,16 @@ class GemmConfig(NamedTuple):
     block_m: int  # activation rows per program (>= 16)
     block_w: int  # packed words per K step per row (raised to a whole group; the dot's depth is block_w · 32 / bits)
     split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+class MmaConfig(NamedTuple):
+    """Block sizes of the register-operand tensor-core kernel (``sinq_mma_kernel``)."""
+
+    block_n: int = 128  # weight rows per program (64 per warpgroup instruction)
+    block_m: int = 16  # activation rows per program (>= 16)
+    split_k: int = 1  # K slices of whole groups, added up by a reduction launch
     num_warps: int = 4
     num_stages: int = 3
 
@@ -119,6 +133,23 @@ def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) 
     return GemmConfig(block_n, block_m, block_w, split_k, num_warps=num_warps, num_stages=2)
 
 
+def mma_supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
+    """Whether ``sinq_mma_kernel`` reads this format: 2- or 4-bit codes (whole codes per 16-bit half), groups of
+    at least 16 halves (the depth of a dot), K a whole number of groups, 16-bit activations."""
+    k = x.shape[-1]
+    return bits in MMA_BITS and group_size * bits // 16 >= 16 and k % group_size == 0 and x.dtype in KERNEL_DTYPES
+
+
+def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 132) -> MmaConfig:
+    """Block sizes of ``sinq_mma_kernel`` for an (m x k) @ (k x n) product: 128 weight rows on one warpgroup,
+    16..64 activation rows, K split (whole groups, evenly) until about two programs per SM exist."""
+    block_m = min(max(16, _next_power_of_two(m)), 64)
+    block_n = 128
+    programs = -(-n // block_n) * -(-m // block_m)
+    split_k = even_split(k // group_size, min(8, -(-2 * sm_count // programs)))
+    return MmaConfig(block_n, block_m, split_k)
+
+
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
     """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs)."""
     return x.numel() <= FUSED_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
@@ -150,6 +181,8 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
         sms = _sm_count(x.device)
         if m <= GEMV_MAX_M:
             config = default_config(m, n, k, bits, group_size, sms)
+        elif m <= MMA_MAX_M and mma_supported(x, bits, group_size):
+            config = default_mma_config(m, n, k, group_size, sms)
         else:
             config = default_gemm_config(m, n, k, bits, sms)
     wrap = launcher or (lambda kernel: kernel)
@@ -160,7 +193,14 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     if isinstance(config, LaunchConfig):  # the GEMV reduces its K slices itself
         _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
         return y
-    _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
+    if isinstance(config, MmaConfig):
+        if not mma_supported(x, bits, group_size):
+            raise ValueError(f"MmaConfig needs bits in {MMA_BITS}, group_size * bits / 16 >= 16, K a multiple of "
+                             f"group_size and 16-bit activations; got bits={bits}, group_size={group_size}, "
+                             f"K={k}, dtype={x.dtype}")  # fmt: skip
+        _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
+    else:
+        _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
     if partial:
         wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
@@ -174,14 +214,21 @@ def _inline_ptx() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.version.hip is None
 
 
-def _check_config(config: LaunchConfig | GemmConfig) -> None:
+def _check_config(config: LaunchConfig | GemmConfig | MmaConfig) -> None:
     """A clear error for block sizes the kernels cannot compile (Triton tiles are powers of two; a tensor-core dot
     needs 16 rows and columns)."""
-    if not isinstance(config, (LaunchConfig, GemmConfig)):
-        raise TypeError(f"config must be a LaunchConfig or a GemmConfig, got {type(config).__name__}")
+    if not isinstance(config, (LaunchConfig, GemmConfig, MmaConfig)):
+        raise TypeError(f"config must be a LaunchConfig, GemmConfig or MmaConfig, got {type(config).__name__}")
     for name, value in config._asdict().items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
+    if isinstance(config, MmaConfig):
+        for name in ("block_n", "block_m"):
+            value = getattr(config, name)
+            if value & (value - 1) or value < {"block_n": 64, "block_m": 16}[name]:
+                raise ValueError(f"MmaConfig.{name}={value} must be a power of two of at least "
+                                 f"{ {'block_n': 64, 'block_m': 16}[name] }")  # fmt: skip
+        return
     gemm = isinstance(config, GemmConfig)
     if not gemm and config.block_m > GEMV_MAX_BLOCK_M:
         raise ValueError(f"LaunchConfig.block_m={config.block_m} is above GEMV_MAX_BLOCK_M={GEMV_MAX_BLOCK_M} (the "
@@ -233,6 +280,26 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
         HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_W=block_w, EVEN_K=even_k, PRESCALED=prescaled, ASM=_inline_ptx(),
         num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+
+
+def _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
+    m, k = x.shape
+    n = out.shape[-1]
+    n_groups = k // group_size
+    xp = torch.empty(m, k, device=x.device, dtype=x.dtype)
+    xsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
+    groups = 4  # per program of the activation pass
+    wrap(mma_activations_kernel)[(m, triton.cdiv(n_groups, groups))](
+        x, act_pre_scale, xp, xsum, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0), BITS=bits,
+        GROUP=group_size, GROUPS=groups, num_warps=2,
+    )  # fmt: skip
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
+    wrap(sinq_mma_kernel)[grid](
+        xp, xsum, qdata, scale, zero_point, bias, out, m, n, n_groups, xp.stride(0), xsum.stride(0),
+        qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), triton.cdiv(n_groups, config.split_k),
+        BITS=bits, GROUP=group_size, HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )  # fmt: skip
 
 

@@ -325,3 +325,116 @@ def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, st
     s = tl.load(s_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code - z)).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.constexpr_function
+def code_magic(dtype):
+    """Bits of the 16-bit float whose last mantissa bit is 1 (128 in bf16, 1024 in fp16): or-ing a code Q into its
+    low bits gives the float OFFSET + Q exactly."""
+    return 0x4300 if dtype == tl.bfloat16 else 0x6400
+
+
+@triton.constexpr_function
+def code_offset(dtype):
+    return 128.0 if dtype == tl.bfloat16 else 1024.0
+
+
+@triton.constexpr_function
+def pair_unpack_asm(shift, bits, magic):
+    """PTX for two codes at once: the 32-bit register holding two 16-bit halves of a word, shifted by ``shift``,
+    keeps each half's low field and sets the magic bits (one lop3): two 16-bit floats OFFSET + Q."""
+    mask = ((1 << bits) - 1) * 0x10001
+    magic2 = magic * 0x10001
+    if shift == 0:
+        return f"lop3.b32 $0, $1, {mask}, {magic2}, 0xEA;"
+    return f"{{ .reg .b32 t; shr.u32 t, $1, {shift}; lop3.b32 $0, t, {mask}, {magic2}, 0xEA; }}"
+
+
+@triton.jit
+def _codes_in_halves(halves, A: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.constexpr, ASM: tl.constexpr):
+    """OFFSET + Q as 16-bit floats for the field at bits A · BITS of each 16-bit half: elementwise, so the tile
+    keeps the tensor cores' register-operand layout it was loaded in (pairs of halves = one packed word)."""
+    MAGIC: tl.constexpr = code_magic(DTYPE)
+    if ASM:
+        return tl.inline_asm_elementwise(pair_unpack_asm(A * BITS, BITS, MAGIC), "=r,r", [halves], dtype=tl.int16,
+                                         is_pure=True, pack=2).to(DTYPE, bitcast=True)  # fmt: skip
+    else:
+        return (((halves >> (A * BITS)) & ((1 << BITS) - 1)) | MAGIC).to(tl.int16).to(DTYPE, bitcast=True)
+
+
+@triton.jit
+def mma_activations_kernel(x_ptr, t_ptr, xp_ptr, xsum_ptr, K, n_groups, stride_xm, stride_pm, stride_sum,
+                           BITS: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr):  # fmt: skip
+    """For sinq_mma_kernel: x' = t ⊙ x rounded to x's dtype, with each group's columns reordered into the order of
+    its dots (dot a, then the 16-bit halves i = 2 f + h of the group's words f), and xsum[m, g] = Σ_group x' in
+    fp32. Half h of word f holds code positions p = h · 16/BITS + a (a = 0..16/BITS − 1), and position p of word f
+    is column (f // BITS) · 32 + p · BITS + f mod BITS of the group (layout v2). Grid (M, groups / GROUPS)."""
+    PER_HALF: tl.constexpr = 16 // BITS
+    HPG: tl.constexpr = GROUP * BITS // 16  # 16-bit halves per row and group: the depth of each dot
+    m = tl.program_id(0)
+    g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)[:, None, None]
+    a = tl.arange(0, PER_HALF)[None, :, None]
+    i = tl.arange(0, HPG)[None, None, :]
+    f = i // 2
+    col = g * GROUP + (f // BITS) * 32 + (a + (i % 2) * PER_HALF) * BITS + f % BITS
+    ok = (g < n_groups) & (col < K)
+    xv = tl.load(x_ptr + m * stride_xm + col, mask=ok, other=0.0).to(tl.float32)
+    tv = tl.load(t_ptr + col, mask=ok, other=0.0).to(tl.float32)
+    xt = (xv * tv).to(xp_ptr.dtype.element_ty)
+    tl.store(xp_ptr + m * stride_pm + g * GROUP + a * HPG + i, xt, mask=g < n_groups)
+    xsum = tl.sum(tl.sum(xt.to(tl.float32), axis=2), axis=1)  # [GROUPS]
+    gs = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    tl.store(xsum_ptr + m * stride_sum + gs, xsum, mask=gs < n_groups)
+
+
+@triton.jit
+def sinq_mma_kernel(
+    xp_ptr, xsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, n_groups, stride_pm, stride_sum, stride_qn, stride_sn, stride_om, stride_osplit, groups_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    """Tensor-core product with the weight codes as the register operand: out[m, n] over one K slice (whole
+    groups); grid (N/BN, SPLIT_K, M/BM). x' and xsum come from mma_activations_kernel.
+
+    The packed words are read as 16-bit halves: a [BLOCK_N, HPG] tile per group, loaded straight into the layout
+    of the wgmma register operand (a thread's pair of halves is one packed word). For each field a of the halves,
+    one lop3 per pair gives OFFSET + Q as 16-bit floats, exactly, and one dot with x' columns [a · HPG, (a + 1) ·
+    HPG) of the group accumulates D = Σ (OFFSET + Q) x' in fp32; no element is scaled. The group's scale and
+    zero-point are applied to the [BLOCK_N, BLOCK_M] result, acc += s · D − s · (z + OFFSET) · xsum, which is
+    s · Σ (Q − z) x'. Rows past N and activation rows past M are clamped for loads and not stored.
+    """
+    PER_HALF: tl.constexpr = 16 // BITS
+    HPG: tl.constexpr = GROUP * BITS // 16
+    DTYPE: tl.constexpr = xp_ptr.dtype.element_ty
+    split = tl.program_id(1)
+    first = split * groups_per_split
+    last = tl.minimum(first + groups_per_split, n_groups)
+    rows = tl.minimum(tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)
+    ms = tl.minimum(tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M), M - 1)
+    i = tl.arange(0, HPG)[None, :]
+    halves_ptr = q_ptr.to(tl.pointer_type(tl.int16)) + rows.to(tl.int64)[:, None] * (2 * stride_qn) + i
+    xp_rows = xp_ptr + ms[:, None] * stride_pm + i
+    sz_rows = rows * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for g in tl.range(first, last, num_stages=NUM_STAGES):
+        halves = tl.load(halves_ptr + g * HPG)  # [BN, HPG] int16
+        s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
+        z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
+        xsum = tl.load(xsum_ptr + ms * stride_sum + g)
+        d = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for a in tl.static_range(PER_HALF):
+            w = _codes_in_halves(halves, a, BITS, DTYPE, ASM)  # [BN, HPG]: OFFSET + Q
+            xt = tl.load(xp_rows + g * GROUP + a * HPG)  # [BM, HPG]
+            d = tl.dot(w, tl.trans(xt), d)
+        acc += s[:, None] * d
+        acc -= (s * (z + code_offset(DTYPE)))[:, None] * xsum[None, :]
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
+    ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    out_mask = (rows < N) & (ms < M)
+    if PARTIAL:
+        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(out_ptr + ms * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=out_mask)

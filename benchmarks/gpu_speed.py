@@ -148,17 +148,18 @@ def gemm_candidates(m, n, k, bits):
 
 
 def mma_candidates(m, n, k, group_size=64):
-    """Register-operand tensor-core configurations tried by --sweep: 64, 128 or 256 weight rows (4 or 8 warps),
-    M rounded up to a power of two (16..64), 2-4 pipeline stages, K split evenly until about 1, 2 and 4 programs
-    per SM exist."""
+    """Register-operand tensor-core configurations tried by --sweep: 64, 128 or 256 weight rows on 4 or 8 warps,
+    M rounded up to a power of two (16..64), 3 or 4 pipeline stages of 1 or 2 groups (4 stages and 2 groups
+    only for 64 rows on 4 warps), K split evenly until about 1, 2 and 4 programs per SM exist."""
     configs = []
     block_m = min(max(16, 1 << (m - 1).bit_length()), 64)
-    for block_n, warps in [(64, 4), (128, 4), (128, 8), (256, 8)]:
+    for block_n, warps in [(64, 4), (64, 8), (128, 4), (128, 8), (256, 8)]:
         programs = -(-n // block_n) * -(-m // block_m)
         splits = {even_split(k // group_size, min(8, -(-per_sm * 132 // programs))) for per_sm in (1, 2, 4)}
+        variants = [(3, 1), (4, 1), (3, 2)] if (block_n, warps) == (64, 4) else [(3, 1)]
         for split in sorted(splits):
-            for stages in (2, 3, 4):
-                configs.append(MmaConfig(block_n, block_m, split, warps, stages))
+            for stages, groups in variants:
+                configs.append(MmaConfig(block_n, block_m, split, warps, stages, groups))
     return configs
 
 

@@ -37,8 +37,8 @@ KERNELS = {
     "gemm": (triton_kernels.sinq_gemm_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, PARTIAL=False, BLOCK_M=16,
                                                    BLOCK_N=64, BLOCK_W=8, EVEN_K=True, PRESCALED=False,
                                                    ASM=True), 4, 2),  # fmt: skip
-    "mma": (triton_kernels.sinq_mma_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, PARTIAL=False, BLOCK_M=16,
-                                                 BLOCK_N=128, ASM=True, NUM_STAGES=3), 4, 3),  # fmt: skip
+    "mma": (triton_kernels.sinq_mma_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=16,
+                                                 BLOCK_N=128, GROUPS_PER_STEP=1, ASM=True, NUM_STAGES=3), 4, 3),  # fmt: skip
 }
 ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_split")  # specialised as multiples of 16, as in real launches
 OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")

@@ -62,6 +62,7 @@ INTERPRETER_MMA_CASES = [
     (4, 20, 140, 512, 64, MmaConfig(128, 16, 2)),
     (4, 33, 64, 256, 128, MmaConfig(64, 32, 2)),
     (2, 5, 64, 512, 128, MmaConfig(64, 16, 4)),
+    (4, 6, 72, 704, 64, MmaConfig(64, 16, 2, groups_per_step=2)),  # 11 groups: a ragged last step in each slice
     (4, 2, 64, 128, 64, None),  # the default for M = 2
 ]
 
@@ -116,9 +117,9 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     ]
     if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
         mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}
-        kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4}),
-                    (sinq_mma_kernel, {**mma, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 128,
-                                       "ASM": True, "NUM_STAGES": 3})]  # fmt: skip
+        kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4, "COUNT_BLOCK": 256}),
+                    (sinq_mma_kernel, {**mma, "HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 16, "BLOCK_N": 128,
+                                       "GROUPS_PER_STEP": 2, "ASM": True, "NUM_STAGES": 3})]  # fmt: skip
     names = []
     for kernel, constants in kernels:
         compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, num_warps=4, num_stages=3)

@@ -38,7 +38,8 @@ PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
-MMA_MAX_M = 64  # the dispatcher's range for it (when the format allows); the older tensor-core kernel above
+MMA_MAX_M = 16  # the dispatcher's range for it (when the format allows); the older tensor-core kernel above
+# (measured on an H100: faster from M = 2 to 16 on the issue's shapes, even in sum at 32, slower at 64)
 _REDUCE_BLOCK = 1024
 
 
@@ -65,11 +66,12 @@ class GemmConfig(NamedTuple):
 class MmaConfig(NamedTuple):
     """Block sizes of the register-operand tensor-core kernel (``sinq_mma_kernel``)."""
 
-    block_n: int = 128  # weight rows per program (64 per warpgroup instruction)
+    block_n: int = 64  # weight rows per program (64 per warpgroup instruction)
     block_m: int = 16  # activation rows per program (>= 16)
-    split_k: int = 1  # K slices of whole groups, added up by a reduction launch
+    split_k: int = 1  # K slices of whole groups; the last slice of a row block to finish adds them up
     num_warps: int = 4
     num_stages: int = 3
+    groups_per_step: int = 1  # groups per pipelined K step (more than one measured slower)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -141,12 +143,16 @@ def mma_supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
 
 
 def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 132) -> MmaConfig:
-    """Block sizes of ``sinq_mma_kernel`` for an (m x k) @ (k x n) product: 128 weight rows on one warpgroup,
-    16..64 activation rows, K split (whole groups, evenly) until about two programs per SM exist."""
+    """Block sizes of ``sinq_mma_kernel`` for an (m x k) @ (k x n) product: 64 weight rows on one warpgroup,
+    16..64 activation rows, K split (whole groups, evenly) until about four programs per SM exist, in slices of
+    at least 16 groups. From `benchmarks/gpu_speed.py layers --sweep --kernels mma` at M = 16 on an H100
+    (sweep_mma_f.json): 4096^2 in 4 slices 15.0 us (best 14.6), 8192^2 in 4 slices 39.4 (best; 42.7 in 2),
+    14336 x 4096 in 2 slices 38.8 (best 36.9, with 128 rows in 4); 8 warps were slower everywhere."""
     block_m = min(max(16, _next_power_of_two(m)), 64)
-    block_n = 128
+    block_n = 64
+    groups = k // group_size
     programs = -(-n // block_n) * -(-m // block_m)
-    split_k = even_split(k // group_size, min(8, -(-2 * sm_count // programs)))
+    split_k = even_split(groups, min(8, max(1, groups // 16), -(-4 * sm_count // programs)))
     return MmaConfig(block_n, block_m, split_k)
 
 
@@ -193,14 +199,14 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     if isinstance(config, LaunchConfig):  # the GEMV reduces its K slices itself
         _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
         return y
-    if isinstance(config, MmaConfig):
+    if isinstance(config, MmaConfig):  # so does the register-operand kernel
         if not mma_supported(x, bits, group_size):
             raise ValueError(f"MmaConfig needs bits in {MMA_BITS}, group_size * bits / 16 >= 16, K a multiple of "
                              f"group_size and 16-bit activations; got bits={bits}, group_size={group_size}, "
                              f"K={k}, dtype={x.dtype}")  # fmt: skip
-        _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
-    else:
-        _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
+        _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
+        return y
+    _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size)
     if partial:
         wrap(splitk_reduce_kernel)[(triton.cdiv(m * n, _REDUCE_BLOCK),)](
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
@@ -283,23 +289,28 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     )  # fmt: skip
 
 
-def _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
+def _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
     m, k = x.shape
     n = out.shape[-1]
     n_groups = k // group_size
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
+    partial = config.split_k > 1
     xp = torch.empty(m, k, device=x.device, dtype=x.dtype)
     xsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
+    # split-K counters, one per row block, zeroed by the activation pass (unused without a split)
+    counts = torch.empty(grid[0] * grid[2], device=x.device, dtype=torch.int32) if partial else xsum
     groups = 4  # per program of the activation pass
     wrap(mma_activations_kernel)[(m, triton.cdiv(n_groups, groups))](
-        x, act_pre_scale, xp, xsum, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0), BITS=bits,
-        GROUP=group_size, GROUPS=groups, num_warps=2,
+        x, act_pre_scale, xp, xsum, counts, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0),
+        grid[0] * grid[2] if partial else 0, BITS=bits, GROUP=group_size, GROUPS=groups, COUNT_BLOCK=256,
+        num_warps=2,
     )  # fmt: skip
-    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     wrap(sinq_mma_kernel)[grid](
-        xp, xsum, qdata, scale, zero_point, bias, out, m, n, n_groups, xp.stride(0), xsum.stride(0),
-        qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), triton.cdiv(n_groups, config.split_k),
-        BITS=bits, GROUP=group_size, HAS_BIAS=has_bias, PARTIAL=config.split_k > 1, BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n, ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+        xp, xsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_groups, xp.stride(0), xsum.stride(0),
+        qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0),
+        triton.cdiv(n_groups, config.split_k), BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
+        SPLIT_K=config.split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
+        NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )  # fmt: skip
 
 

@@ -363,12 +363,14 @@ def _codes_in_halves(halves, A: tl.constexpr, BITS: tl.constexpr, DTYPE: tl.cons
 
 
 @triton.jit
-def mma_activations_kernel(x_ptr, t_ptr, xp_ptr, xsum_ptr, K, n_groups, stride_xm, stride_pm, stride_sum,
-                           BITS: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr):  # fmt: skip
+def mma_activations_kernel(x_ptr, t_ptr, xp_ptr, xsum_ptr, counts_ptr, K, n_groups, stride_xm, stride_pm,
+                           stride_sum, n_counts, BITS: tl.constexpr, GROUP: tl.constexpr, GROUPS: tl.constexpr,
+                           COUNT_BLOCK: tl.constexpr):  # fmt: skip
     """For sinq_mma_kernel: x' = t ⊙ x rounded to x's dtype, with each group's columns reordered into the order of
     its dots (dot a, then the 16-bit halves i = 2 f + h of the group's words f), and xsum[m, g] = Σ_group x' in
     fp32. Half h of word f holds code positions p = h · 16/BITS + a (a = 0..16/BITS − 1), and position p of word f
-    is column (f // BITS) · 32 + p · BITS + f mod BITS of the group (layout v2). Grid (M, groups / GROUPS)."""
+    is column (f // BITS) · 32 + p · BITS + f mod BITS of the group (layout v2). Grid (M, groups / GROUPS).
+    The first program also zeroes the n_counts split-K counters of the product that follows (no memset launch)."""
     PER_HALF: tl.constexpr = 16 // BITS
     HPG: tl.constexpr = GROUP * BITS // 16  # 16-bit halves per row and group: the depth of each dot
     m = tl.program_id(0)
@@ -385,14 +387,20 @@ def mma_activations_kernel(x_ptr, t_ptr, xp_ptr, xsum_ptr, K, n_groups, stride_x
     xsum = tl.sum(tl.sum(xt.to(tl.float32), axis=2), axis=1)  # [GROUPS]
     gs = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
     tl.store(xsum_ptr + m * stride_sum + gs, xsum, mask=gs < n_groups)
+    if m + tl.program_id(1) == 0:
+        for c0 in range(0, n_counts, COUNT_BLOCK):
+            c = c0 + tl.arange(0, COUNT_BLOCK)
+            tl.store(counts_ptr + c, tl.zeros((COUNT_BLOCK,), dtype=tl.int32), mask=c < n_counts)
 
 
 @triton.jit
 def sinq_mma_kernel(
-    xp_ptr, xsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, n_groups, stride_pm, stride_sum, stride_qn, stride_sn, stride_om, stride_osplit, groups_per_split,
-    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+    xp_ptr, xsum_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
+    M, N, n_groups, stride_pm, stride_sum, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym,
+    groups_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, ASM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):  # fmt: skip
     """Tensor-core product with the weight codes as the register operand: out[m, n] over one K slice (whole
     groups); grid (N/BN, SPLIT_K, M/BM). x' and xsum come from mma_activations_kernel.
@@ -402,7 +410,9 @@ def sinq_mma_kernel(
     one lop3 per pair gives OFFSET + Q as 16-bit floats, exactly, and one dot with x' columns [a · HPG, (a + 1) ·
     HPG) of the group accumulates D = Σ (OFFSET + Q) x' in fp32; no element is scaled. The group's scale and
     zero-point are applied to the [BLOCK_N, BLOCK_M] result, acc += s · D − s · (z + OFFSET) · xsum, which is
-    s · Σ (Q − z) x'. Rows past N and activation rows past M are clamped for loads and not stored.
+    s · Σ (Q − z) x'. Rows past N and activation rows past M are clamped for loads and not stored. With SPLIT_K >
+    1 (grid dimension 1), each program writes its fp32 sums to out[split] and the last slice of a block to finish adds them
+    up in slice order into y (counters zeroed by the activation pass), as the GEMV does.
     """
     PER_HALF: tl.constexpr = 16 // BITS
     HPG: tl.constexpr = GROUP * BITS // 16
@@ -417,24 +427,39 @@ def sinq_mma_kernel(
     xp_rows = xp_ptr + ms[:, None] * stride_pm + i
     sz_rows = rows * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for g in tl.range(first, last, num_stages=NUM_STAGES):
-        halves = tl.load(halves_ptr + g * HPG)  # [BN, HPG] int16
-        s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
-        z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
-        xsum = tl.load(xsum_ptr + ms * stride_sum + g)
-        d = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for a in tl.static_range(PER_HALF):
-            w = _codes_in_halves(halves, a, BITS, DTYPE, ASM)  # [BN, HPG]: OFFSET + Q
-            xt = tl.load(xp_rows + g * GROUP + a * HPG)  # [BM, HPG]
-            d = tl.dot(w, tl.trans(xt), d)
-        acc += s[:, None] * d
-        acc -= (s * (z + code_offset(DTYPE)))[:, None] * xsum[None, :]
+    # A step covers GROUPS_PER_STEP groups, each its own load (more than one measured slower on an H100). Groups
+    # past the slice re-read its last group and count zero (scale 0).
+    for g0 in tl.range(first, last, GROUPS_PER_STEP, num_stages=NUM_STAGES):
+        for gi in tl.static_range(GROUPS_PER_STEP):
+            g = tl.minimum(g0 + gi, last - 1)
+            halves = tl.load(halves_ptr + g * HPG)  # [BN, HPG] int16
+            s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
+            s = tl.where(g0 + gi < last, s, 0.0)
+            z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
+            xsum = tl.load(xsum_ptr + ms * stride_sum + g)
+            d = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for a in tl.static_range(PER_HALF):
+                w = _codes_in_halves(halves, a, BITS, DTYPE, ASM)  # [BN, HPG]: OFFSET + Q
+                xt = tl.load(xp_rows + g * GROUP + a * HPG)  # [BM, HPG]
+                d = tl.dot(w, tl.trans(xt), d)
+            acc += s[:, None] * d
+            acc -= (s * (z + code_offset(DTYPE)))[:, None] * xsum[None, :]
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
     out_mask = (rows < N) & (ms < M)
-    if PARTIAL:
+    if SPLIT_K > 1:
         tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial sums are stored before the count (acq_rel)
+        block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+        if tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+            total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for other in tl.static_range(SPLIT_K):  # unrolled: the slices' loads are all in flight at once
+                total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + ms * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-        tl.store(out_ptr + ms * stride_om + rows, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)

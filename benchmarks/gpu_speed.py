@@ -1,7 +1,7 @@
 """GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
 
-    python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma]] [--ms 1 4 16 ...] [--shapes 4096x4096 ...]
-                                           [--out results.json]
+    python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma]] [--ms 1 4 16 ...]
+                                           [--shapes 4096x4096 ...] [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
                                            [--variants bf16 sinq tinygemm] [--mark-static]
     python benchmarks/gpu_speed.py quant-time [--sweep]
@@ -148,18 +148,21 @@ def gemm_candidates(m, n, k, bits):
 
 
 def mma_candidates(m, n, k, group_size=64):
-    """Register-operand tensor-core configurations tried by --sweep: 64, 128 or 256 weight rows on 4 or 8 warps,
-    M rounded up to a power of two (16..64), 3 or 4 pipeline stages of 1 or 2 groups (4 stages and 2 groups
-    only for 64 rows on 4 warps), K split evenly until about 1, 2 and 4 programs per SM exist."""
+    """Register-operand tensor-core configurations tried by --sweep: 16 or 32 weight rows on one warp (Triton then
+    uses mma.sync, the Ampere-style instruction), 32 on two, 64 or 128 on a warpgroup (wgmma); M rounded up to a
+    power of two (16..64); 3 pipeline stages of one group (also 4 stages, and 2 groups, for 64 rows); K split
+    evenly until about 2, 4, 8 and 16 programs per SM exist (at most 16 slices, each at least 4 groups)."""
     configs = []
     block_m = min(max(16, 1 << (m - 1).bit_length()), 64)
-    for block_n, warps in [(64, 4), (64, 8), (128, 4), (128, 8), (256, 8)]:
+    groups = k // group_size
+    for block_n, warps in [(16, 1), (32, 1), (32, 2), (64, 4), (128, 4)]:
         programs = -(-n // block_n) * -(-m // block_m)
-        splits = {even_split(k // group_size, min(8, -(-per_sm * 132 // programs))) for per_sm in (1, 2, 4)}
+        splits = {even_split(groups, min(16, max(1, groups // 4), -(-per_sm * 132 // programs)))
+                  for per_sm in (2, 4, 8, 16)}  # fmt: skip
         variants = [(3, 1), (4, 1), (3, 2)] if (block_n, warps) == (64, 4) else [(3, 1)]
         for split in sorted(splits):
-            for stages, groups in variants:
-                configs.append(MmaConfig(block_n, block_m, split, warps, stages, groups))
+            for stages, groups_per_step in variants:
+                configs.append(MmaConfig(block_n, block_m, split, warps, stages, groups_per_step))
     return configs
 
 
@@ -200,8 +203,9 @@ def bench_layers(args) -> list[dict]:
             if 1 < m <= MMA_MAX_M:  # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel
                 gemm = default_gemm_config(m, n, k, 4)
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                row["sinq_gemm_us"] = graph_time_us([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point,
-                                                     w.act_pre_scale, None, y, 4, 64, config=gemm) for w in sinq_ws])  # fmt: skip
+                row["sinq_gemm_us"] = graph_time_us([
+                    lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64, config=gemm)
+                    for w in sinq_ws])  # fmt: skip
             if m >= 4:
                 row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
             if args.sweep:

@@ -64,7 +64,8 @@ def breakdown(n: int, k: int, m: int, group: int = 64) -> dict:
             xsum.stride(0), w.qdata.stride(0), w.scale.stride(0), out.stride(-2), out.stride(0), y.stride(0),
             triton.cdiv(n_groups, split),
             BITS=4, GROUP=group, HAS_BIAS=False, SPLIT_K=split, BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps)  # fmt: skip
+            BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
+            NUM_STAGES=config.num_stages, num_warps=config.num_warps)  # fmt: skip
 
     row = {"N": n, "K": k, "M": m, "config": config._asdict()}
     row["whole_call_us"] = graph_time_us([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale,
@@ -86,12 +87,15 @@ def main(argv=None):
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     rows = [breakdown(n, k, m) for n, k in args.shapes for m in args.ms]
-    log(f"{'N x K':>13} {'M':>3} {'whole':>6} {'activ.':>6} {'main':>6} {'unsplit':>7} {'memset':>6} {'empty':>6}  config")
+    log(f"{'N x K':>13} {'M':>3} {'whole':>6} {'activ.':>6} {'main':>6} {'unsplit':>7} {'memset':>6} {'empty':>6}"
+        "  config")
     for r in rows:
-        log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>3} {r['whole_call_us']:6.1f} {r['activations_us']:6.1f} {r['main_us']:6.1f}"
-            f" {r['main_unsplit_us']:7.1f} {r['memset_us']:6.1f} {r['empty_launch_us']:6.1f}  {r['config']}")  # fmt: skip
+        log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>3} {r['whole_call_us']:6.1f} {r['activations_us']:6.1f}"
+            f" {r['main_us']:6.1f} {r['main_unsplit_us']:7.1f} {r['memset_us']:6.1f} {r['empty_launch_us']:6.1f}"
+            f"  {r['config']}")  # fmt: skip
     if args.out:
-        args.out.write_text(json.dumps({"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+        result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows}
+        args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

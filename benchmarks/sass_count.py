@@ -6,10 +6,10 @@ counts quoted in docs/results.md come from it. Examples:
 
     python benchmarks/sass_count.py gemv BITS=4 BLOCK_N=8 GROUPS_PER_STEP=4 --num-warps 1 --num-stages 3
     python benchmarks/sass_count.py gemm BITS=4 BLOCK_N=64 BLOCK_M=16 BLOCK_W=8 --num-warps 4 --num-stages 2
-    python benchmarks/sass_count.py mma BITS=4 BLOCK_N=128 BLOCK_M=16 --num-warps 4 --num-stages 3
+    python benchmarks/sass_count.py mma BITS=4 BLOCK_N=64 BLOCK_M=16 --num-warps 4 --num-stages 3
 
 Constexprs not given take the values below (4-bit g64, no bias, even K, inline PTX), and warps / stages the
-defaults of M = 1 (GEMV) and M = 16 (tensor cores).
+defaults of M = 1 (GEMV) and M = 16 (both tensor-core kernels).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ KERNELS = {
                                                    BLOCK_N=64, BLOCK_W=8, EVEN_K=True, PRESCALED=False,
                                                    ASM=True), 4, 2),  # fmt: skip
     "mma": (triton_kernels.sinq_mma_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=16,
-                                                 BLOCK_N=128, GROUPS_PER_STEP=1, ASM=True, NUM_STAGES=3), 4, 3),  # fmt: skip
+                                                 BLOCK_N=64, GROUPS_PER_STEP=1, ASM=True, NUM_STAGES=3),
+            4, 3),  # fmt: skip
 }
-ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_split")  # specialised as multiples of 16, as in real launches
+# specialised as multiples of 16, as in real launches
+ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_split")
 OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 

@@ -50,7 +50,7 @@ INTERPRETER_CASES = [
         (4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
         (7, 24, 256, 64, LaunchConfig(8, 2, block_m=4)),  # M not a multiple of the row block
         (20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),  # tensor-core kernel: ragged M, N and K slices
-        (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M)
+        (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M; float16: sinq_mma_kernel)
         (17, 24, 200, 64, GemmConfig(16, 32, 16)),  # K not a multiple of 32
         (70, 24, 256, 64, GemmConfig(32, 64, 16)),  # t ⊙ x computed by the caller (block_m >= 64)
     ]

@@ -121,13 +121,14 @@ def test_tensor_core_launch_configs_match_reference_on_gpu(bits):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_register_operand_kernel_matches_reference_on_gpu_over_random_shapes(bits, dtype):
     """sinq_mma_kernel (the dispatcher's choice for M = 2..MMA_MAX_M): random M, ragged N, K whole groups, its
-    default configuration and explicit ones (K splits, row blocks, pipeline depths)."""
+    default configuration and explicit ones (K splits, row blocks down to one warp's mma.sync, pipeline depths)."""
     gen = torch.Generator().manual_seed(400 + bits)
     group_sizes = [64, 128] if bits == 4 else [128, 256]  # 2 bits: a dot needs 16 halves, i.e. 128 codes
     configs = [None, MmaConfig(64, 16), MmaConfig(128, 16, 3), MmaConfig(256, 32, 2, 8, 2), MmaConfig(128, 64, 1, 4, 4),
-               None, MmaConfig(64, 32, 5, 4, 2), None]  # fmt: skip
+               None, MmaConfig(64, 32, 5, 4, 2), None, MmaConfig(16, 16, 4, 1), MmaConfig(32, 16, 2, 1, 3, 2),
+               MmaConfig(32, 32, 3, 2)]  # fmt: skip
     for case, config in enumerate(configs):
-        m = [2, 3, 16, 33, 64, 17, 9, 40][case]
+        m = [2, 3, 16, 33, 64, 17, 9, 40, 5, 16, 20][case]
         group_size = group_sizes[case % 2]
         n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + int(torch.randint(0, 2, (1,), generator=gen)) * 7
         k = int(torch.randint(1, 12, (1,), generator=gen)) * group_size * (config.split_k if config else 1)
@@ -152,7 +153,8 @@ def test_default_mma_config_splits_k_into_equal_whole_groups(m, n, k_groups, sms
 
     config = default_mma_config(m, n, k_groups * 64, 64, sms)
     _check_config(config)
-    assert config.block_m >= min(m, 64) and k_groups % config.split_k == 0 and config.split_k <= 8
+    assert config.block_m >= min(m, 64) and k_groups % config.split_k == 0 and config.split_k <= 16
+    assert config.split_k == 1 or k_groups // config.split_k >= 4
 
 
 @requires_cuda
@@ -244,7 +246,7 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
      (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
-     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(32, 16), "block_n=32 must be a power of two of"),
+     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(48, 16), "block_n=48 must be a power of two of"),
      (MmaConfig(128, 8), "block_m=8 must be a power of two of at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
 )  # fmt: skip
 def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):

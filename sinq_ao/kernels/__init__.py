@@ -2,7 +2,9 @@
 
 ``torch.library.triton_op`` makes the Triton launches visible to ``torch.compile`` (one graph, no break), and the
 op runs eagerly too. The dispatcher (``kernel_supports``) sends products with up to FUSED_MAX_M activation rows to
-the op, which runs the CUDA-core GEMV for one row (decode) and the tensor-core kernel for 2..FUSED_MAX_M rows;
+the op, which runs the CUDA-core GEMV for one or two rows (decode), the register-operand tensor-core kernel
+(``sinq_mma_kernel``) for up to MMA_MAX_M rows where the format allows, and the older tensor-core kernel up to
+FUSED_MAX_M rows;
 larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize kernel plus a cuBLAS
 matmul under torch.compile (on an H100 that was faster than the tensor-core kernel from M = 1024, about even at 256:
 docs/results.md). Block sizes come from ``default_config`` / ``default_gemm_config``; there is no autotuning at
@@ -31,7 +33,7 @@ try:
 except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path is used instead.
     triton = None
 
-GEMV_MAX_M = 1  # the dispatcher's GEMV range; M = 2..4 go to the tensor-core kernel (docs/results.md)
+GEMV_MAX_M = 2  # the dispatcher's GEMV range (M = 2: 1.1-1.5x faster than sinq_mma_kernel; at 3-4 mixed)
 GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
@@ -66,7 +68,7 @@ class GemmConfig(NamedTuple):
 class MmaConfig(NamedTuple):
     """Block sizes of the register-operand tensor-core kernel (``sinq_mma_kernel``)."""
 
-    block_n: int = 64  # weight rows per program (64 per warpgroup instruction)
+    block_n: int = 64  # weight rows per program (>= 64 on 4 warps: wgmma; fewer rows or warps: mma.sync)
     block_m: int = 16  # activation rows per program (>= 16)
     split_k: int = 1  # K slices of whole groups; the last slice of a row block to finish adds them up
     num_warps: int = 4
@@ -95,14 +97,16 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     per SM: N >= 8192 here) 64 words per step and one warp (14336 x 4096: 19.8 us against 24.9 for the next
     choice), with fewer 128 words per step shared by two warps, which splits K inside the program (4096 x 14336:
     19.3 us against 21.4; 4096^2 8.6 against 8.8; 1024 x 4096 6.6 against 6.8). K is split across programs until
-    about 3.5 warps per SM exist (1024 x 4096: 2 slices; 4096^2 stays whole: 8.6 us against 12.3 in 2 slices). For
-    2-4 rows (explicitly asked for: the dispatcher sends them to the tensor-core kernel), 64 rows x 16 words with 4
-    warps, K split until about four programs per SM exist. The split always divides the K steps evenly: ragged
+    about 3.5 warps per SM exist (1024 x 4096: 2 slices; 4096^2 stays whole: 8.6 us against 12.3 in 2 slices). Two
+    rows take the same blocks with both rows in each program (benchmarks/small_m.py, small_m_v6.json:
+    4096^2 10.7 us against 14.5 for sinq_mma_kernel, 8192^2 28.1 against 41.9). For 3-4 rows (explicitly asked
+    for: the dispatcher sends them to the tensor-core kernels), 64 rows x 16 words with 4 warps, K split until
+    about four programs per SM exist. The split always divides the K steps evenly: ragged
     slices need masked loads, which lose vectorization (docs/results.md).
     """
     words_per_group = max(1, group_size * bits // 32)
-    if m == 1:
-        block_m, block_n, num_stages, warps_per_sm = 1, 8, 3, 3.5
+    if m <= 2:
+        block_m, block_n, num_stages, warps_per_sm = m, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
@@ -144,15 +148,16 @@ def mma_supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
 
 def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 132) -> MmaConfig:
     """Block sizes of ``sinq_mma_kernel`` for an (m x k) @ (k x n) product: 64 weight rows on one warpgroup,
-    16..64 activation rows, K split (whole groups, evenly) until about four programs per SM exist, in slices of
-    at least 16 groups. From `benchmarks/gpu_speed.py layers --sweep --kernels mma` at M = 16 on an H100
-    (sweep_mma_f.json): 4096^2 in 4 slices 15.0 us (best 14.6), 8192^2 in 4 slices 39.4 (best; 42.7 in 2),
-    14336 x 4096 in 2 slices 38.8 (best 36.9, with 128 rows in 4); 8 warps were slower everywhere."""
+    16..64 activation rows, K split (whole groups, evenly) until about two programs per SM exist, in at most 16
+    slices of at least 4 groups. From `benchmarks/gpu_speed.py layers --sweep --kernels mma` at M = 16 on an H100
+    (benchmarks/results/h100/sweep_v6_mma_m16_g.json): 4096^2 in 4 slices 14.7 us (best 14.6), 8192^2 in 2
+    slices 39.3 (best), 1024 x 4096 in 16 slices 8.9 (best 8.8), 14336 x 4096 in 2 slices 38.2 (best 35.5, in
+    4); 32 or 16 rows on one or two warps (mma.sync) and 8 warps were slower."""
     block_m = min(max(16, _next_power_of_two(m)), 64)
     block_n = 64
     groups = k // group_size
     programs = -(-n // block_n) * -(-m // block_m)
-    split_k = even_split(groups, min(8, max(1, groups // 16), -(-4 * sm_count // programs)))
+    split_k = even_split(groups, min(16, max(1, groups // 4), -(-2 * sm_count // programs)))
     return MmaConfig(block_n, block_m, split_k)
 
 
@@ -177,8 +182,9 @@ def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, s
 
 def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size, config=None, launcher=None):
     """y = [s ⊙ (Q − z)] (t ⊙ x) + b for x (M, K) into y (M, N): the GEMV for a LaunchConfig (default for M <=
-    GEMV_MAX_M), the tensor-core kernel for a GemmConfig (default above); ``launcher`` wraps each kernel
-    (``wrap_triton`` under the op)."""
+    GEMV_MAX_M), the register-operand tensor-core kernel for an MmaConfig (default up to MMA_MAX_M where
+    ``mma_supported``), the older tensor-core kernel for a GemmConfig (default above); ``launcher`` wraps each
+    kernel (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
     if config is not None:
@@ -231,9 +237,8 @@ def _check_config(config: LaunchConfig | GemmConfig | MmaConfig) -> None:
     if isinstance(config, MmaConfig):
         for name in ("block_n", "block_m"):
             value = getattr(config, name)
-            if value & (value - 1) or value < {"block_n": 64, "block_m": 16}[name]:
-                raise ValueError(f"MmaConfig.{name}={value} must be a power of two of at least "
-                                 f"{ {'block_n': 64, 'block_m': 16}[name] }")  # fmt: skip
+            if value & (value - 1) or value < 16:
+                raise ValueError(f"MmaConfig.{name}={value} must be a power of two of at least 16")
         return
     gemm = isinstance(config, GemmConfig)
     if not gemm and config.block_m > GEMV_MAX_BLOCK_M:
@@ -309,7 +314,8 @@ def _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, 
         xp, xsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_groups, xp.stride(0), xsum.stride(0),
         qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0),
         triton.cdiv(n_groups, config.split_k), BITS=bits, GROUP=group_size, HAS_BIAS=has_bias,
-        SPLIT_K=config.split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
+        SPLIT_K=config.split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 For the power-of-two code widths (2, 4, 8 bits) a packed word holds PER = 32 / BITS codes, interleaved within
 32-column chunks: code p of word f is column k = (f // BITS) · 32 + p · BITS + f mod BITS, so code position p of
-consecutive words meets consecutive columns. One activation row (decode) runs the CUDA-core GEMV, one launch:
+consecutive words meets consecutive columns. One or two activation rows (decode) run the CUDA-core GEMV, one
+launch:
 
 ``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
 a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group). It loads
@@ -23,9 +24,11 @@ code, so small batches read the weight once. With SPLIT_K > 1, K slices (whole g
 and the last slice of each block to finish adds them up in slice order (deterministic; one counter per block,
 zeroed by the launcher; no reduction launch).
 
-Two or more rows run ``sinq_gemm_kernel`` on the tensor cores (its docstring), which dequantizes the same codes
-with one fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with
-``splitk_reduce_kernel``. ``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
+Up to MMA_MAX_M rows at 4 bits (2 bits with groups of 128 or more) run ``sinq_mma_kernel`` on the tensor cores,
+the codes unscaled as the register operand (its docstring), after ``mma_activations_kernel``: two launches.
+Other formats and more rows run ``sinq_gemm_kernel`` (its docstring), which dequantizes the same codes with one
+fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with ``splitk_reduce_kernel``.
+``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
 
 import triton
@@ -226,7 +229,8 @@ def sinq_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN_K: tl.constexpr,
     PRESCALED: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
-    """Tensor-core product for M > GEMV_MAX_M: out[m, n] over one K slice; grid (N/BN, SPLIT_K, M/BM).
+    """Tensor-core product for M > GEMV_MAX_M (where sinq_mma_kernel does not apply): out[m, n] over one K slice;
+    grid (N/BN, SPLIT_K, M/BM).
 
     The operands are swapped (out^T = W x'^T) so that the dequantized weight tile is the left operand, which the
     tensor cores take from registers, and M (often 16..64) is the narrow side of the product. A step loads
@@ -411,8 +415,8 @@ def sinq_mma_kernel(
     HPG) of the group accumulates D = Σ (OFFSET + Q) x' in fp32; no element is scaled. The group's scale and
     zero-point are applied to the [BLOCK_N, BLOCK_M] result, acc += s · D − s · (z + OFFSET) · xsum, which is
     s · Σ (Q − z) x'. Rows past N and activation rows past M are clamped for loads and not stored. With SPLIT_K >
-    1 (grid dimension 1), each program writes its fp32 sums to out[split] and the last slice of a block to finish adds them
-    up in slice order into y (counters zeroed by the activation pass), as the GEMV does.
+    1 (grid dimension 1), each program writes its fp32 sums to out[split] and the last slice of a block to finish
+    adds them up in slice order into y (counters zeroed by the activation pass), as the GEMV does.
     """
     PER_HALF: tl.constexpr = 16 // BITS
     HPG: tl.constexpr = GROUP * BITS // 16

@@ -27,7 +27,9 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,6 +61,17 @@ LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, n
 
 def log(*parts):
     print(*parts, flush=True)
+
+
+def write_results(path: Path, rows: list[dict], **fields) -> None:
+    """The rows as JSON, with argv, the device and ``fields``: written under a temporary name beside ``path``,
+    then renamed over it (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {**fields, "argv": sys.argv, "device": device, "rows": rows}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
+        json.dump(result, file, indent=1)
+    os.replace(file.name, path)
 
 
 def graph_time_us(calls, repeats: int = 20) -> float:
@@ -456,9 +469,7 @@ def main(argv=None):
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     rows = {"layers": bench_layers, "decode": bench_decode, "quant-time": bench_quant_time}[args.what](args)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"what": args.what, "argv": sys.argv, "device": torch.cuda.get_device_name(),
-                                        "rows": rows}, indent=1))  # fmt: skip
+        write_results(args.out, rows, what=args.what)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,23 @@ product without a K split, and an empty launch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import clone_sinq, copies_for, graph_time_us, layer_shape, log, subclass_bytes  # noqa: E402
+from benchmarks.gpu_speed import (  # noqa: E402
+    clone_sinq,
+    copies_for,
+    graph_time_us,
+    layer_shape,
+    log,
+    subclass_bytes,
+    write_results,
+)
 from sinq_ao import SINQTensor  # noqa: E402
 from sinq_ao.kernels import (  # noqa: E402
     _inline_ptx,
@@ -94,8 +100,7 @@ def main(argv=None):
             f" {r['main_us']:6.1f} {r['main_unsplit_us']:7.1f} {r['memset_us']:6.1f} {r['empty_launch_us']:6.1f}"
             f"  {r['config']}")  # fmt: skip
     if args.out:
-        result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows}
-        args.out.write_text(json.dumps(result, indent=1))
+        write_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ copies that overflow L2, as in gpu_speed.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import clone_sinq, copies_for, graph_time_us, layer_shape, log, subclass_bytes  # noqa: E402
+from benchmarks.gpu_speed import (  # noqa: E402
+    clone_sinq,
+    copies_for,
+    graph_time_us,
+    layer_shape,
+    log,
+    subclass_bytes,
+    write_results,
+)
 from sinq_ao import SINQTensor  # noqa: E402
 from sinq_ao.kernels import default_config, default_gemm_config, launch  # noqa: E402
 
@@ -59,8 +66,7 @@ def main(argv=None):
         log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>3} {r['bf16_us']:7.1f} {r['dispatch_us']:8.1f} {r['gemv_us']:7.1f}"
             f" {r['old_gemm_us']:8.1f}")  # fmt: skip
     if args.out:
-        result = {"argv": sys.argv, "device": torch.cuda.get_device_name(), "rows": rows}
-        args.out.write_text(json.dumps(result, indent=1))
+        write_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """benchmarks/gpu_speed.py's argument parsing and sweep candidates (no GPU needed)."""
 
 import argparse
+import json
 
 import pytest
 
-from benchmarks.gpu_speed import layer_shape, sweep_candidates
+from benchmarks.gpu_speed import layer_shape, sweep_candidates, write_results
 from sinq_ao.kernels import LaunchConfig, MmaConfig, _check_config
 
 
@@ -38,3 +39,12 @@ def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
         expected |= {"MmaConfig"} if m > 1 else set()
         expected |= {"GemmConfig"} if m > 8 else set()  # block heights (>= 16) below 2 M
         assert kinds == expected, m
+
+
+def test_results_are_written_whole_with_their_command_and_device(tmp_path):
+    path = tmp_path / "deeper" / "layers.json"
+    write_results(path, [{"N": 1, "M": 2}], what="layers")
+    written = json.loads(path.read_text())
+    assert written["rows"] == [{"N": 1, "M": 2}] and written["what"] == "layers"
+    assert "argv" in written and "device" in written
+    assert [p.name for p in path.parent.iterdir()] == ["layers.json"]  # no temporary file left behind

@@ -4,11 +4,11 @@
 op runs eagerly too. The dispatcher (``kernel_supports``) sends products with up to FUSED_MAX_M activation rows to
 the op, which runs the CUDA-core GEMV for one or two rows (decode), the register-operand tensor-core kernel
 (``sinq_mma_kernel``) for up to MMA_MAX_M rows where the format allows, and the older tensor-core kernel up to
-FUSED_MAX_M rows;
-larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize kernel plus a cuBLAS
-matmul under torch.compile (on an H100 that was faster than the tensor-core kernel from M = 1024, about even at 256:
-docs/results.md). Block sizes come from ``default_config`` / ``default_gemm_config``; there is no autotuning at
-first call (the defaults come from ``benchmarks/gpu_speed.py --sweep`` runs on an H100).
+FUSED_MAX_M rows; larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize
+kernel plus a cuBLAS matmul under torch.compile (on an H100 that was faster than the tensor-core kernel from
+M = 1024, about even at 256: docs/results.md). Block sizes come from ``default_config`` / ``default_mma_config`` /
+``default_gemm_config``; there is no autotuning at first call (the defaults come from
+``benchmarks/gpu_speed.py --sweep`` runs on an H100).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by
 KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
-MMA_MAX_M = 16  # the dispatcher's range for it (when the format allows); the older tensor-core kernel above
-# (measured on an H100: faster from M = 2 to 16 on the issue's shapes, even in sum at 32, slower at 64)
+MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allows); the older tensor-core kernel
+# above (measured on an H100: faster than it up to 16 on the issue's shapes, even in sum at 32, slower at 64)
 _REDUCE_BLOCK = 1024
 
 

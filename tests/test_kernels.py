@@ -136,6 +136,18 @@ def test_register_operand_kernel_matches_reference_on_gpu_over_random_shapes(bit
         assert error < 1e-2, (bits, dtype, config, m, n, k, group_size, error)
 
 
+@requires_cuda
+def test_compiled_linear_with_a_varying_number_of_rows_matches_eager_on_every_kernel():
+    """torch.compile(fullgraph=True) called with several M (Dynamo makes M dynamic from the second size): the
+    GEMV, the register-operand kernel and the older tensor-core kernel are all traced with a symbolic M."""
+    w = SINQTensor.from_hp(torch.randn(384, 512, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.nn.functional.linear(x, w), fullgraph=True)
+    for m in (3, 16, 9, 2, 40, 100, 1):
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        assert relative_error(compiled(x).float(), torch.nn.functional.linear(x, w).float()) < 1e-2, m
+
+
 def test_register_operand_kernel_refuses_formats_it_cannot_read_by_name():
     from sinq_ao.kernels import launch
 

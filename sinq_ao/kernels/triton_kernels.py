@@ -340,6 +340,7 @@ def code_magic(dtype):
 
 @triton.constexpr_function
 def code_offset(dtype):
+    """OFFSET, the value of code_magic(dtype) as a float: what the dots' codes carry on top of Q."""
     return 128.0 if dtype == tl.bfloat16 else 1024.0
 
 

@@ -258,8 +258,8 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
      (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
-     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(48, 16), "block_n=48 must be a power of two of"),
-     (MmaConfig(128, 8), "block_m=8 must be a power of two of at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
+     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(48, 16), "MmaConfig.block_n=48 must be a power of two"),
+     (MmaConfig(128, 8), "MmaConfig block_n=128 and block_m=8 must be at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
 )  # fmt: skip
 def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):
     from sinq_ao.kernels import launch

@@ -226,30 +226,32 @@ def _inline_ptx() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.version.hip is None
 
 
+_POWER_OF_TWO_FIELDS = {  # Triton tiles are powers of two
+    LaunchConfig: ("block_n", "groups_per_step", "block_m"),
+    GemmConfig: ("block_n", "block_m", "block_w"),
+    MmaConfig: ("block_n", "block_m"),
+}
+
+
 def _check_config(config: LaunchConfig | GemmConfig | MmaConfig) -> None:
     """A clear error for block sizes the kernels cannot compile (Triton tiles are powers of two; a tensor-core dot
     needs 16 rows and columns)."""
-    if not isinstance(config, (LaunchConfig, GemmConfig, MmaConfig)):
+    if type(config) not in _POWER_OF_TWO_FIELDS:
         raise TypeError(f"config must be a LaunchConfig, GemmConfig or MmaConfig, got {type(config).__name__}")
+    kind = type(config).__name__
     for name, value in config._asdict().items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
-    if isinstance(config, MmaConfig):
-        for name in ("block_n", "block_m"):
-            value = getattr(config, name)
-            if value & (value - 1) or value < 16:
-                raise ValueError(f"MmaConfig.{name}={value} must be a power of two of at least 16")
-        return
-    gemm = isinstance(config, GemmConfig)
-    if not gemm and config.block_m > GEMV_MAX_BLOCK_M:
+            raise ValueError(f"{kind}.{name}={value!r} must be a positive integer")
+    gemv = isinstance(config, LaunchConfig)
+    if gemv and config.block_m > GEMV_MAX_BLOCK_M:
         raise ValueError(f"LaunchConfig.block_m={config.block_m} is above GEMV_MAX_BLOCK_M={GEMV_MAX_BLOCK_M} (the "
                          "GEMV unrolls over its activation rows; use a GemmConfig for more rows)")  # fmt: skip
-    for name in ("block_n", "block_m", "block_w") if gemm else ("block_n", "groups_per_step", "block_m"):
+    for name in _POWER_OF_TWO_FIELDS[type(config)]:
         value = getattr(config, name)
         if value & (value - 1):
-            raise ValueError(f"{type(config).__name__}.{name}={value} must be a power of two")
-    if gemm and min(config.block_n, config.block_m) < 16:
-        raise ValueError(f"GemmConfig block_n={config.block_n} and block_m={config.block_m} must be at least 16")
+            raise ValueError(f"{kind}.{name}={value} must be a power of two")
+    if not gemv and min(config.block_n, config.block_m) < 16:
+        raise ValueError(f"{kind} block_n={config.block_n} and block_m={config.block_m} must be at least 16")
 
 
 def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):

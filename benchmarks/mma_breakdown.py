@@ -26,13 +26,7 @@ from benchmarks.gpu_speed import (  # noqa: E402
     write_results,
 )
 from sinq_ao import SINQTensor  # noqa: E402
-from sinq_ao.kernels import (  # noqa: E402
-    _inline_ptx,
-    default_mma_config,
-    launch,
-    mma_activations_kernel,
-    sinq_mma_kernel,
-)
+from sinq_ao.kernels import _mma_activations, _mma_product, default_mma_config, launch  # noqa: E402
 
 
 @triton.jit
@@ -56,22 +50,13 @@ def breakdown(n: int, k: int, m: int, group: int = 64) -> dict:
     counts = torch.zeros(blocks, device="cuda", dtype=torch.int32)
 
     def activations(w):
-        mma_activations_kernel[(m, triton.cdiv(n_groups, 4))](
-            x, w.act_pre_scale, xp, xsum, counts, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0), blocks,
-            BITS=4, GROUP=group, GROUPS=4, COUNT_BLOCK=256, num_warps=2)  # fmt: skip
+        _mma_activations(lambda kernel: kernel, x, w.act_pre_scale, xp, xsum, counts, blocks, 4, group)
 
     def main(w, split):
-        out = partial if split > 1 else y
-        grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         if split > 1:
             counts.zero_()  # a memset node in the graph (the activation pass zeroes them in the real path)
-        sinq_mma_kernel[grid](
-            xp, xsum, w.qdata, w.scale, w.zero_point, y, out, y, counts, m, n, n_groups, xp.stride(0),
-            xsum.stride(0), w.qdata.stride(0), w.scale.stride(0), out.stride(-2), out.stride(0), y.stride(0),
-            triton.cdiv(n_groups, split),
-            BITS=4, GROUP=group, HAS_BIAS=False, SPLIT_K=split, BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
-            NUM_STAGES=config.num_stages, num_warps=config.num_warps)  # fmt: skip
+        _mma_product(lambda kernel: kernel, config._replace(split_k=split), xp, xsum, w.qdata, w.scale,
+                     w.zero_point, y, partial if split > 1 else y, y, counts, False, 4, group)  # fmt: skip
 
     row = {"N": n, "K": k, "M": m, "config": config._asdict()}
     row["whole_call_us"] = graph_time_us([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale,

@@ -298,20 +298,34 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
 
 def _launch_mma(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
     m, k = x.shape
-    n = out.shape[-1]
     n_groups = k // group_size
-    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
-    partial = config.split_k > 1
     xp = torch.empty(m, k, device=x.device, dtype=x.dtype)
     xsum = torch.empty(m, n_groups, device=x.device, dtype=torch.float32)
     # split-K counters, one per row block, zeroed by the activation pass (unused without a split)
-    counts = torch.empty(grid[0] * grid[2], device=x.device, dtype=torch.int32) if partial else xsum
-    groups = 4  # per program of the activation pass
+    blocks = triton.cdiv(out.shape[-1], config.block_n) * triton.cdiv(m, config.block_m)
+    partial = config.split_k > 1
+    counts = torch.empty(blocks, device=x.device, dtype=torch.int32) if partial else xsum
+    _mma_activations(wrap, x, act_pre_scale, xp, xsum, counts, blocks if partial else 0, bits, group_size)
+    _mma_product(wrap, config, xp, xsum, qdata, scale, zero_point, bias, out, y, counts, has_bias, bits, group_size)
+
+
+def _mma_activations(wrap, x, act_pre_scale, xp, xsum, counts, n_counts, bits, group_size):
+    """The first launch of sinq_mma_kernel's path: x' and its per-group sums into xp and xsum, and n_counts
+    split-K counters zeroed."""
+    m, k = x.shape
+    n_groups = xsum.shape[1]
+    groups = 4  # per program
     wrap(mma_activations_kernel)[(m, triton.cdiv(n_groups, groups))](
-        x, act_pre_scale, xp, xsum, counts, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0),
-        grid[0] * grid[2] if partial else 0, BITS=bits, GROUP=group_size, GROUPS=groups, COUNT_BLOCK=256,
-        num_warps=2,
+        x, act_pre_scale, xp, xsum, counts, k, n_groups, x.stride(0), xp.stride(0), xsum.stride(0), n_counts,
+        BITS=bits, GROUP=group_size, GROUPS=groups, COUNT_BLOCK=256, num_warps=2,
     )  # fmt: skip
+
+
+def _mma_product(wrap, config, xp, xsum, qdata, scale, zero_point, bias, out, y, counts, has_bias, bits, group_size):
+    """The second launch: y (or out[split] plus the in-kernel reduction into y) from x', xsum and the codes."""
+    m, n_groups = xsum.shape
+    n = y.shape[1]
+    grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     wrap(sinq_mma_kernel)[grid](
         xp, xsum, qdata, scale, zero_point, bias, out, y, counts, m, n, n_groups, xp.stride(0), xsum.stride(0),
         qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0),

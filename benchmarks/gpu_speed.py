@@ -109,8 +109,15 @@ def subclass_bytes(w: torch.Tensor) -> int:
     return sum(getattr(w, n).nbytes for n in w.tensor_data_names)
 
 
-def clone_sinq(w: SINQTensor) -> SINQTensor:
-    return w._apply_fn_to_data(lambda t: t.clone())
+def rotating_copies(w: torch.Tensor, count: int | None = None) -> list[torch.Tensor]:
+    """``w`` and clones of it (of every inner tensor, for a torchao subclass): enough that together they overflow
+    L2 (copies_for), or ``count`` in all, so a timed loop over them reads each weight from memory."""
+    subclass = hasattr(w, "tensor_data_names")
+    if count is None:
+        count = copies_for(subclass_bytes(w) if subclass else w.nbytes)
+    if subclass:
+        return [w] + [w._apply_fn_to_data(lambda t: t.clone()) for _ in range(count - 1)]
+    return [w] + [w.clone() for _ in range(count - 1)]
 
 
 def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
@@ -202,11 +209,9 @@ def bench_layers(args) -> list[dict]:
         compiled_plain = torch.compile(plain_linear)
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         sinq = SINQTensor.from_hp(weight, bits=4, group_size=64)
-        bf16_ws = [weight] + [weight.clone() for _ in range(copies_for(weight.numel() * 2) - 1)]
-        sinq_ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(subclass_bytes(sinq)) - 1)]
-        tiny = tinygemm_linear(weight)
-        tiny_ws = [tiny.weight] + [tiny.weight._apply_fn_to_data(lambda t: t.clone())
-                                   for _ in range(copies_for(subclass_bytes(sinq)) - 1)]  # fmt: skip
+        bf16_ws = rotating_copies(weight)
+        sinq_ws = rotating_copies(sinq)
+        tiny_ws = rotating_copies(tinygemm_linear(weight).weight, count=len(sinq_ws))
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             row = {"N": n, "K": k, "M": m}
@@ -240,7 +245,7 @@ def bench_layers(args) -> list[dict]:
             row["speedup_vs_tinygemm"] = row["tinygemm_us"] / row["sinq_us"]
             rows.append(row)
             log(json.dumps(row))
-        del bf16_ws, sinq_ws, tiny_ws, tiny
+        del bf16_ws, sinq_ws, tiny_ws
         torch.cuda.empty_cache()
     log(f"\n{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
         f" {'old gemm':>8} {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip

@@ -16,15 +16,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import (  # noqa: E402
-    clone_sinq,
-    copies_for,
-    graph_time_us,
-    layer_shape,
-    log,
-    subclass_bytes,
-    write_results,
-)
+from benchmarks.gpu_speed import graph_time_us, layer_shape, log, rotating_copies, write_results  # noqa: E402
 from sinq_ao import SINQTensor  # noqa: E402
 from sinq_ao.kernels import _mma_activations, _mma_product, default_mma_config, launch  # noqa: E402
 
@@ -38,7 +30,7 @@ def empty_kernel(x_ptr):
 def breakdown(n: int, k: int, m: int, group: int = 64) -> dict:
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     sinq = SINQTensor.from_hp(weight, bits=4, group_size=group)
-    ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(subclass_bytes(sinq)) - 1)]
+    ws = rotating_copies(sinq)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     config = default_mma_config(m, n, k, group)

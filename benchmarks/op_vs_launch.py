@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import clone_sinq, copies_for, graph_time_us, subclass_bytes  # noqa: E402
+from benchmarks.gpu_speed import graph_time_us, rotating_copies  # noqa: E402
 from sinq_ao import SINQTensor  # noqa: E402
 from sinq_ao.kernels import launch  # noqa: E402
 
@@ -22,15 +22,16 @@ def main():
     torch.manual_seed(0)
     for n, k in [(16384, 16384), (8192, 8192)]:
         w = SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
-        ws = [w] + [clone_sinq(w) for _ in range(copies_for(subclass_bytes(w)) - 1)]
+        ws = rotating_copies(w)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
         for _ in range(3):
             a = graph_time_us([lambda w=w: F.linear(x, w) for w in ws])
             b = graph_time_us([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64)
                                for w in ws])  # fmt: skip
-            c = graph_time_us([lambda w=w: torch.ops.sinq_ao.linear(x, w.qdata, w.scale, w.zero_point,
-                                                                    w.act_pre_scale, None, 4, 64) for w in ws])  # fmt: skip
+            c = graph_time_us([
+                lambda w=w: torch.ops.sinq_ao.linear(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, 4, 64)
+                for w in ws])  # fmt: skip
             print(n, k, len(ws), f"F.linear {a:.1f}  launch {b:.1f}  op {c:.1f}", flush=True)
 
 

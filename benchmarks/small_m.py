@@ -17,15 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import (  # noqa: E402
-    clone_sinq,
-    copies_for,
-    graph_time_us,
-    layer_shape,
-    log,
-    subclass_bytes,
-    write_results,
-)
+from benchmarks.gpu_speed import graph_time_us, layer_shape, log, rotating_copies, write_results  # noqa: E402
 from sinq_ao import SINQTensor  # noqa: E402
 from sinq_ao.kernels import default_config, default_gemm_config, launch  # noqa: E402
 
@@ -33,8 +25,8 @@ from sinq_ao.kernels import default_config, default_gemm_config, launch  # noqa:
 def compare(n: int, k: int, m: int) -> dict:
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     sinq = SINQTensor.from_hp(weight, bits=4, group_size=64)
-    bf16_ws = [weight] + [weight.clone() for _ in range(copies_for(weight.numel() * 2) - 1)]
-    ws = [sinq] + [clone_sinq(sinq) for _ in range(copies_for(subclass_bytes(sinq)) - 1)]
+    bf16_ws = rotating_copies(weight)
+    ws = rotating_copies(sinq)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     gemv = default_config(1, n, k, 4, 64)._replace(block_m=1 << (m - 1).bit_length())

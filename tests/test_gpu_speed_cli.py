@@ -4,6 +4,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from benchmarks.gpu_speed import layer_shape, sweep_candidates, write_results
 from sinq_ao.kernels import LaunchConfig, MmaConfig, _check_config
@@ -48,3 +49,21 @@ def test_results_are_written_whole_with_their_command_and_device(tmp_path):
     assert written["rows"] == [{"N": 1, "M": 2}] and written["what"] == "layers"
     assert "argv" in written and "device" in written
     assert [p.name for p in path.parent.iterdir()] == ["layers.json"]  # no temporary file left behind
+
+
+def test_rotating_copies_clone_every_inner_tensor_and_overflow_l2(monkeypatch):
+    import benchmarks.gpu_speed as gpu_speed
+    from sinq_ao import SINQTensor
+
+    w = SINQTensor.from_hp(torch.randn(32, 64), bits=4, group_size=32)
+    copies = gpu_speed.rotating_copies(w, count=3)
+    assert len(copies) == 3 and copies[0] is w
+    for copy in copies[1:]:
+        for name in w.tensor_data_names:
+            assert getattr(copy, name).data_ptr() != getattr(w, name).data_ptr()
+            assert torch.equal(getattr(copy, name), getattr(w, name))
+    dense = torch.randn(16, 16, dtype=torch.bfloat16)
+    monkeypatch.setattr(gpu_speed, "L2_OVERFLOW_BYTES", 3 * dense.nbytes + 1)  # copies_for: 4 needed
+    copies = gpu_speed.rotating_copies(dense)
+    assert len(copies) == 4 and all(torch.equal(c, dense) for c in copies)
+    assert len({c.data_ptr() for c in copies}) == 4

@@ -88,6 +88,16 @@ def _step_activations(x_ptr, t_ptr, w0, wi, last, m0, M, K, stride_xm,
 
 
 @triton.jit
+def _last_slice_to_finish(counts_ptr):
+    """Whether this program is the last of its row block's K slices (grid dimension 1) to have stored its partial
+    sums: one counter per block (grid dimensions 0 and 2), zeroed before the launch. The barrier and the acq_rel
+    atomic order every thread's partial stores before the count, and the count before the last slice's reads."""
+    tl.debug_barrier()
+    block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    return tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1
+
+
+@triton.jit
 def sinq_gemv_kernel(
     x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
@@ -175,12 +185,8 @@ def sinq_gemv_kernel(
             tl.store(out_ptr + (m0 + mi) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=out_mask)
     if PARTIAL:
         # The last of the K slices of this block to finish adds the slices' partial sums up, in slice order (the
-        # result does not depend on which one finishes last), so no reduction kernel is launched. The launcher
-        # zeroes the counters; the barrier and the acq_rel atomic order the partial stores of every thread before
-        # the count, and the count before the reads.
-        tl.debug_barrier()
-        block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
-        if tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+        # result does not depend on which one finishes last), so no reduction kernel is launched.
+        if _last_slice_to_finish(counts_ptr):
             for mi in tl.static_range(BLOCK_M):
                 out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
                 total = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -454,9 +460,7 @@ def sinq_mma_kernel(
     out_mask = (rows < N) & (ms < M)
     if SPLIT_K > 1:
         tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial sums are stored before the count (acq_rel)
-        block = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
-        if tl.atomic_add(counts_ptr + block, 1, sem="acq_rel") == tl.num_programs(1) - 1:
+        if _last_slice_to_finish(counts_ptr):
             total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for other in tl.static_range(SPLIT_K):  # unrolled: the slices' loads are all in flight at once
                 total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,

@@ -63,7 +63,7 @@ INTERPRETER_MMA_CASES = [
     (4, 33, 64, 256, 128, MmaConfig(64, 32, 2)),
     (2, 5, 64, 512, 128, MmaConfig(64, 16, 4)),
     (4, 6, 72, 704, 64, MmaConfig(64, 16, 2, groups_per_step=2)),  # 11 groups: a ragged last step in each slice
-    (4, 2, 64, 128, 64, None),  # the default for M = 2
+    (4, 3, 64, 128, 64, None),  # the default for M = 3 (M <= GEMV_MAX_M = 2 runs the GEMV)
 ]
 
 

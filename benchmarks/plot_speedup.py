@@ -48,11 +48,11 @@ def panel(rows, column: str, title: str, x0: int, y_max: float) -> list[str]:
     def y(v):
         return MARGIN + PANEL_H - v / y_max * PANEL_H
 
-    out = [f'<text x="{x0 + MARGIN + PANEL_W / 2}" y="{MARGIN - 16}" text-anchor="middle" '
-           f'font-size="14">{title}</text>',
+    out = [(f'<text x="{x0 + MARGIN + PANEL_W / 2}" y="{MARGIN - 16}" text-anchor="middle" '
+            f'font-size="14">{title}</text>'),
            f'<rect x="{x0 + MARGIN}" y="{MARGIN}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#444"/>',
-           f'<line x1="{x0 + MARGIN}" x2="{x0 + MARGIN + PANEL_W}" y1="{y(1)}" y2="{y(1)}" stroke="#888" '
-           'stroke-dasharray="4 3"/>']  # fmt: skip
+           (f'<line x1="{x0 + MARGIN}" x2="{x0 + MARGIN + PANEL_W}" y1="{y(1)}" y2="{y(1)}" stroke="#888" '
+            'stroke-dasharray="4 3"/>')]  # fmt: skip
     for m in ms:
         out.append(f'<text x="{x(m)}" y="{MARGIN + PANEL_H + 16}" text-anchor="middle" font-size="11">{m}</text>')
     for tick in range(int(y_max) + 1):

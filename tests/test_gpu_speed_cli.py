@@ -52,7 +52,7 @@ def test_results_are_written_whole_with_their_command_and_device(tmp_path):
 
 
 def test_rotating_copies_clone_every_inner_tensor_and_overflow_l2(monkeypatch):
-    import benchmarks.gpu_speed as gpu_speed
+    from benchmarks import gpu_speed
     from sinq_ao import SINQTensor
 
     w = SINQTensor.from_hp(torch.randn(32, 64), bits=4, group_size=32)

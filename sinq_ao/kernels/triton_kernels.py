@@ -183,7 +183,7 @@ def sinq_gemv_kernel(
             if HAS_BIAS:
                 y += bias
             tl.store(out_ptr + (m0 + mi) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=out_mask)
-    if PARTIAL:
+    if PARTIAL:  # a compile-time branch: kept apart from the runtime test below  # noqa: SIM102
         # The last of the K slices of this block to finish adds the slices' partial sums up, in slice order (the
         # result does not depend on which one finishes last), so no reduction kernel is launched.
         if _last_slice_to_finish(counts_ptr):

@@ -45,7 +45,9 @@ from sinq_ao.kernels import (  # noqa: E402
     MMA_MAX_M,
     LaunchConfig,
     MmaConfig,
+    TileConfig,
     default_gemm_config,
+    default_tile_config,
     even_split,
     launch,
 )
@@ -100,6 +102,26 @@ def graph_time_us(calls, repeats: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+SKIPPED_KERNELS = ("Memset", "FillFunctor")  # counter zeroing: in a compiled model Inductor fuses it elsewhere
+
+
+def kernel_time_us(calls, repeats: int = 5) -> float:
+    """GPU time of the kernels each call launches (torch.profiler, summed, memsets and fills left out), averaged
+    over ``repeats`` rounds of ``calls``: what the call costs inside a compiled model's CUDA graph, where launch
+    gaps are the same for every variant and the zeroing of split-K counters is fused into other kernels."""
+    for call in calls[:3]:
+        call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            for call in calls:
+                call()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not any(skip in e.name for skip in SKIPPED_KERNELS)]  # fmt: skip
+    return sum(e.time_range.elapsed_us() for e in kernels) / (repeats * len(calls))
+
+
 def copies_for(bytes_per_copy: int) -> int:
     return max(2, math.ceil(L2_OVERFLOW_BYTES / bytes_per_copy))
 
@@ -129,7 +151,7 @@ def tinygemm_linear(weight: torch.Tensor) -> torch.nn.Linear:
     return layer
 
 
-def gemv_candidates(m, n, k, bits, group_size=64):
+def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
     """Launch configurations tried by --sweep: rows per program, groups per K step, warps (with more warps than
     rows x groups need, Triton spreads warps along the groups: K split inside a program); activation rows per
     program: M rounded up to a power of two, at most GEMV_MAX_BLOCK_M; K split until about 2, 4 and 8 programs per
@@ -143,8 +165,8 @@ def gemv_candidates(m, n, k, bits, group_size=64):
         programs = -(-n // block_n) * -(-m // block_m)
         splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
         for split in sorted(splits):
-            for stages in (1, 3, 4):
-                configs.append(LaunchConfig(block_n, groups, split, warps, block_m, stages))
+            for depth in stages:
+                configs.append(LaunchConfig(block_n, groups, split, warps, block_m, depth))
     return configs
 
 
@@ -186,22 +208,43 @@ def mma_candidates(m, n, k, group_size=64):
     return configs
 
 
-KERNEL_FAMILIES = ("gemv", "gemm", "mma")
+def tile_candidates(m, n, k, bits=4):
+    """Many-row configurations tried by --sweep: (block_m, block_n, codes per step, warps, stages) around the
+    default, each with K split evenly until about one and two programs per SM exist."""
+    configs = []
+    for block_m, block_n, codes, warps, stages in [(64, 128, 64, 4, 3), (64, 128, 128, 4, 3), (64, 256, 64, 8, 3),
+                                                   (128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 128, 64, 8, 4),
+                                                   (128, 256, 64, 8, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4),
+                                                   (256, 128, 64, 8, 3)]:  # fmt: skip
+        if block_m > 2 * max(16, m):
+            continue
+        programs = -(-n // block_n) * -(-m // block_m)
+        steps = -(-k // 32) * bits // (codes * bits // 32)
+        splits = {even_split(steps, min(8, -(-per_sm * 132 // programs))) for per_sm in (1, 2)}
+        for split in sorted(splits):
+            configs.append(TileConfig(block_m, block_n, codes * bits // 32, split, warps, stages))
+    return configs
 
 
-def sweep_candidates(m, n, k, families=KERNEL_FAMILIES):
+KERNEL_FAMILIES = ("gemv", "gemm", "mma", "tile")
+
+
+def sweep_candidates(m, n, k, families=KERNEL_FAMILIES, gemv_stages=(1, 3, 4)):
     """The --sweep candidates of the chosen kernel families for M activation rows (4-bit, groups of 64)."""
     candidates = []
     if "gemv" in families and m <= GEMV_MAX_BLOCK_M:
-        candidates += gemv_candidates(m, n, k, 4)
+        candidates += gemv_candidates(m, n, k, 4, stages=gemv_stages)
     if "gemm" in families and m > 1:
         candidates += gemm_candidates(m, n, k, 4)
     if "mma" in families and m > 1 and k % 64 == 0:
         candidates += mma_candidates(m, n, k)
+    if "tile" in families and m > 1 and k % 64 == 0:
+        candidates += tile_candidates(m, n, k)
     return candidates
 
 
 def bench_layers(args) -> list[dict]:
+    timer = {"graph": graph_time_us, "kernels": kernel_time_us}[args.timer]
     rows = []
     torch.manual_seed(0)
     for n, k in args.shapes or SHAPES:
@@ -215,23 +258,30 @@ def bench_layers(args) -> list[dict]:
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             row = {"N": n, "K": k, "M": m}
-            row["bf16_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in bf16_ws])
-            row["sinq_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in sinq_ws])
-            row["tinygemm_us"] = graph_time_us([lambda w=w: F.linear(x, w) for w in tiny_ws])
+            row["bf16_us"] = timer([lambda w=w: F.linear(x, w) for w in bf16_ws])
+            row["sinq_us"] = timer([lambda w=w: F.linear(x, w) for w in sinq_ws])
+            row["tinygemm_us"] = timer([lambda w=w: F.linear(x, w) for w in tiny_ws])
             if 1 < m <= MMA_MAX_M:  # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel
                 gemm = default_gemm_config(m, n, k, 4)
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                row["sinq_gemm_us"] = graph_time_us([
+                row["sinq_gemm_us"] = timer([
                     lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64, config=gemm)
                     for w in sinq_ws])  # fmt: skip
+            if m > MMA_MAX_M:  # the many-row kernel with its default configuration
+                tile = default_tile_config(m, n, k, 4)
+                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+                row["sinq_tile_us"] = timer([
+                    lambda w=w, x=x, y=y, c=tile: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y,
+                                                         4, 64, config=c)
+                    for w in sinq_ws])  # fmt: skip
             if m >= 4:
-                row["sinq_inductor_us"] = graph_time_us([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
+                row["sinq_inductor_us"] = timer([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
             if args.sweep:
                 y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
-                for config in sweep_candidates(m, n, k, args.kernels):
+                for config in sweep_candidates(m, n, k, args.kernels, tuple(args.gemv_stages)):
                     try:
-                        us = graph_time_us([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
+                        us = timer([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
                                             w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
                     except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
                         continue
@@ -248,11 +298,11 @@ def bench_layers(args) -> list[dict]:
         del bf16_ws, sinq_ws, tiny_ws
         torch.cuda.empty_cache()
     log(f"\n{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
-        f" {'old gemm':>8} {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
+        f" {'old gemm':>8} {'tile':>8} {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
     for r in rows:
         log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>4} {r['bf16_us']:8.1f} {r['sinq_us']:8.1f} {r['tinygemm_us']:8.1f}"
             f" {r['speedup_vs_bf16']:7.2f} {r['speedup_vs_tinygemm']:7.2f} {r.get('sinq_gemm_us', float('nan')):8.1f}"
-            f" {r.get('sinq_inductor_us', float('nan')):8.1f}"
+            f" {r.get('sinq_tile_us', float('nan')):8.1f} {r.get('sinq_inductor_us', float('nan')):8.1f}"
             f" {r.get('best_us', float('nan')):11.1f} {r.get('best_config', '')}")  # fmt: skip
     return rows
 
@@ -321,6 +371,26 @@ class GraphedDecodeStep:
         return self.token.clone(), position + count
 
 
+def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[list[dict], list[dict]]:
+    """GPU time per decode step of each kernel (by name) in the captured step's CUDA graph, largest first (also
+    printed), and the last step's kernels in launch order with their times."""
+    graphed.decode(token, 2, 16)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        graphed.decode(token, steps, 16)
+        torch.cuda.synchronize()
+    kernels = [{"name": e.key[:120], "calls": e.count / steps, "us": e.self_device_time_total / steps}
+               for e in prof.key_averages() if e.self_device_time_total > 0]  # fmt: skip
+    kernels.sort(key=lambda k: -k["us"])
+    log(f"kernel time per step: {sum(k['us'] for k in kernels):.1f} µs")
+    for k in kernels[:25]:
+        log(f"  {k['us']:9.1f} µs {k['calls']:6.1f} calls  {k['name']}")
+    on_gpu = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)  # fmt: skip
+    last_step = [{"name": e.name[:80], "us": e.time_range.elapsed_us()} for e in on_gpu[-(len(on_gpu) // steps):]]
+    return kernels, last_step
+
+
 @torch.no_grad()
 def bench_decode(args) -> list[dict]:
     from transformers import StaticCache
@@ -337,7 +407,9 @@ def bench_decode(args) -> list[dict]:
             for p in model.parameters()
         ) / 2**30
         prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")
-        cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + args.tokens + 8)
+        # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
+        spare = 24 if args.profile else 8
+        cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + args.tokens + spare)
         logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
         token = logits[:, -1:].argmax(-1)
         compile_start = time.perf_counter()
@@ -362,6 +434,8 @@ def bench_decode(args) -> list[dict]:
         graph = args.graph + (" (marked static)" if args.mark_static and args.graph != "manual" else "")
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
                "graph": graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
+        if args.profile and graphed is not None:
+            row["kernels_per_step"], row["last_step_kernels"] = profile_step(graphed, token)
         rows.append(row)
         log(json.dumps(row))
         del model, cache, run
@@ -456,6 +530,11 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
     parser.add_argument("--kernels", nargs="+", choices=KERNEL_FAMILIES, default=list(KERNEL_FAMILIES),
                         help="kernel families whose configurations --sweep tries (layers)")
+    parser.add_argument("--gemv-stages", type=int, nargs="+", default=[1, 3, 4],
+                        help="pipeline depths of the GEMV candidates (--sweep)")
+    parser.add_argument("--timer", choices=["graph", "kernels"], default="graph",
+                        help="layers: CUDA-graph replay time per call (default), or the kernels' GPU time per call "
+                             "from torch.profiler with memsets left out (kernel_time_us)")
     parser.add_argument("--ms", type=int, nargs="+", default=MS, help="activation rows M (layers)")
     parser.add_argument("--shapes", nargs="+", type=layer_shape,
                         help="N x K shapes instead of the issue's five, e.g. 4096x4096 1024x4096 (layers)")
@@ -466,6 +545,8 @@ def main(argv=None):
                         "mode='reduce-overhead' (CUDA graph trees)")
     parser.add_argument("--mark-static", action="store_true",
                         help="decode with reduce-overhead: mark every parameter and its inner tensors static")
+    parser.add_argument("--profile", action="store_true",
+                        help="decode: also list each kernel's GPU time per step (torch.profiler, manual graph only)")
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 import torch
 
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig, dequantize, launch
+from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig, TileConfig, default_tile_config, dequantize, launch
 from tests.helpers import compile_for_sm90
 
 
@@ -67,6 +67,19 @@ INTERPRETER_MMA_CASES = [
 ]
 
 
+# The many-row kernel (16-bit activations, float16 here): ragged M and N, K splits incl. an empty slice, steps
+# halved to divide the row, 2 and 8 bits, the default configuration.
+INTERPRETER_TILE_CASES = [
+    (4, 20, 70, 256, 64, TileConfig(16, 32, 8)),
+    (4, 33, 64, 512, 64, TileConfig(32, 16, 16, split_k=3)),
+    (2, 17, 40, 512, 128, TileConfig(16, 16, 8, split_k=2)),
+    (8, 18, 24, 256, 64, TileConfig(16, 16, 16)),
+    (4, 70, 48, 384, 128, TileConfig(32, 16, 64, split_k=2)),  # 48 words per row: 64-word steps halve to 16
+    (4, 5, 64, 192, 32, TileConfig(16, 16, 8, split_k=4)),  # 3 steps in 4 slices: one slice empty
+    (4, 130, 40, 256, 64, None),  # default_tile_config (the dispatcher would pick the older kernel here)
+]
+
+
 def run_interpreter_cases() -> None:
     """Entry point for the TRITON_INTERPRET=1 subprocess: print one line per case, fail loudly on a miss."""
     # The interpreter emulates bf16 casts incorrectly (numpy has no bf16), so check float16 and float32 here;
@@ -83,6 +96,11 @@ def run_interpreter_cases() -> None:
     for bits, m, n, k, g, config in INTERPRETER_MMA_CASES:
         error = kernel_relative_error(bits, m, n, k, g, torch.float16, "cpu", config)
         print(f"float16 register-operand bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
+        assert error < 5e-3, (bits, m, n, k, g, error)
+    for bits, m, n, k, g, config in INTERPRETER_TILE_CASES:
+        config = config or default_tile_config(m, n, k, bits)
+        error = kernel_relative_error(bits, m, n, k, g, torch.float16, "cpu", config)
+        print(f"float16 many-row bits={bits} M={m} N={n} K={k} g={g} {config}: {error:.2e}", flush=True)
         assert error < 5e-3, (bits, m, n, k, g, error)
     print("interpreter cases passed")
 
@@ -103,7 +121,9 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         sinq_gemm_kernel,
         sinq_gemv_kernel,
         sinq_mma_kernel,
+        sinq_tile_kernel,
         splitk_reduce_kernel,
+        tile_activations_kernel,
     )
 
     common = {"BITS": bits, "GROUP": group_size}
@@ -114,6 +134,9 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
                             "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False, "ASM": True}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
         (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
+        (tile_activations_kernel, {"BLOCK": 1024, "COUNT_BLOCK": 256}),
+        (sinq_tile_kernel, {**common, "HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 64, "BLOCK_N": 128,
+                            "BLOCK_W": 2 * bits, "ASM": True, "NUM_STAGES": 3}),
     ]
     if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
         mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}

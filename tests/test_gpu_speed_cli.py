@@ -39,6 +39,7 @@ def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
         expected = {"LaunchConfig"} if m <= 4 else set()  # the GEMV's rows per program are at most 4
         expected |= {"MmaConfig"} if m > 1 else set()
         expected |= {"GemmConfig"} if m > 8 else set()  # block heights (>= 16) below 2 M
+        expected |= {"TileConfig"} if m >= 32 else set()  # its block heights (>= 64) at most 2 M
         assert kinds == expected, m
 
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 import torch
 
 from sinq_ao import SINQConfig, SINQTensor
-from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig
+from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig, TileConfig
 from tests.helpers import (
     assert_passes_under_the_interpreter,
     relative_error,
@@ -26,7 +26,7 @@ def test_kernels_match_reference_under_the_triton_interpreter():
 @requires_triton
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernels_compile_for_hopper_without_a_gpu(bits):
-    assert len(compile_for_hopper(bits)) == (6 if bits in (2, 4) else 4)
+    assert len(compile_for_hopper(bits)) == (8 if bits in (2, 4) else 6)
 
 
 @requires_triton
@@ -134,6 +134,59 @@ def test_register_operand_kernel_matches_reference_on_gpu_over_random_shapes(bit
         k = int(torch.randint(1, 12, (1,), generator=gen)) * group_size * (config.split_k if config else 1)
         error = kernel_relative_error(bits, m, n, k, group_size, dtype, "cuda", config=config, seed=case)
         assert error < 1e-2, (bits, dtype, config, m, n, k, group_size, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_many_row_kernel_matches_reference_on_gpu_over_random_shapes(bits, dtype):
+    """sinq_tile_kernel: random M and ragged N, K whole groups, its default configuration and explicit ones (K
+    splits that leave empty slices, steps halved to divide the row, block shapes the sweep tries)."""
+    from sinq_ao.kernels import default_tile_config
+
+    gen = torch.Generator().manual_seed(500 + bits)
+    words = 2 * bits  # 64 codes
+    configs = [None, TileConfig(64, 128, words, 1, 4), TileConfig(128, 128, 2 * words, 3), None,
+               TileConfig(128, 256, words, 2, 8), TileConfig(64, 64, words, 5, 4, 4), TileConfig(16, 16, words, 1, 1),
+               TileConfig(256, 64, words, 2), None]  # fmt: skip
+    for case, config in enumerate(configs):
+        m = [17, 64, 130, 256, 300, 33, 20, 200, 100][case]
+        group_size = [64, 128][case % 2]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + int(torch.randint(0, 2, (1,), generator=gen)) * 7
+        k = int(torch.randint(1, 24, (1,), generator=gen)) * group_size
+        config = config or default_tile_config(m, n, k, bits)
+        error = kernel_relative_error(bits, m, n, k, group_size, dtype, "cuda", config=config, seed=case)
+        assert error < 1e-2, (bits, dtype, config, m, n, k, group_size, error)
+
+
+@requires_cuda
+def test_compiled_linear_on_the_many_row_kernel_matches_eager():
+    """Rows and weight rows enough for the dispatcher's many-row kernel (tile_preferred), compiled with
+    fullgraph=True at two M (the second symbolic), against eager."""
+    from sinq_ao.kernels import tile_preferred
+    from sinq_ao.tensor import plain_linear
+
+    n, k = 128 * 100, 256
+    w = SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.nn.functional.linear(x, w), fullgraph=True)
+    for m in (256, 200):
+        assert tile_preferred(m, n, 4, torch.cuda.get_device_properties(0).multi_processor_count), m
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        assert relative_error(compiled(x).float(), plain_linear(x, w).float()) < 1e-2, m
+
+
+@given(m=st.integers(1, 512), n=st.integers(1, 40000), k_groups=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]),
+       sms=st.sampled_from([66, 132]))  # fmt: skip
+def test_many_row_kernel_only_for_4_bits_many_rows_and_enough_tiles_with_whole_step_slices(m, n, k_groups, bits, sms):
+    from sinq_ao.kernels import TILE_MIN_M, _check_config, default_tile_config, tile_preferred
+
+    preferred = tile_preferred(m, n, bits, sms)
+    assert preferred == (bits == 4 and m > TILE_MIN_M and -(-n // 128) * -(-m // 128) >= 1.5 * sms)
+    config = default_tile_config(m, n, k_groups * 64, bits, sms)
+    _check_config(config)
+    steps = k_groups * 64 // 32 * bits // config.block_w
+    assert steps % config.split_k == 0 and (config.split_k == 1 or -(-n // 128) * -(-m // 128) < sms)
 
 
 @requires_cuda
@@ -258,7 +311,7 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
      (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
-     ("fast", "LaunchConfig, GemmConfig or MmaConfig"), (MmaConfig(48, 16), "MmaConfig.block_n=48 must be a power of two"),
+     ("fast", "LaunchConfig, GemmConfig, MmaConfig or TileConfig"), (MmaConfig(48, 16), "MmaConfig.block_n=48 must be a power of two"),
      (MmaConfig(128, 8), "MmaConfig block_n=128 and block_m=8 must be at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
 )  # fmt: skip
 def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):

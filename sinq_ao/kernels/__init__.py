@@ -26,9 +26,11 @@ try:
         dequantize_kernel,
         mma_activations_kernel,
         sinq_gemm_kernel,
-        sinq_mma_kernel,
         sinq_gemv_kernel,
+        sinq_mma_kernel,
+        sinq_tile_kernel,
         splitk_reduce_kernel,
+        tile_activations_kernel,
     )
 except ImportError:  # CPU-only installs have no Triton; the plain PyTorch path is used instead.
     triton = None
@@ -42,6 +44,7 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
 MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allows); the older tensor-core kernel
 # above (measured on an H100: faster than it up to 16 on the issue's shapes, even in sum at 32, slower at 64)
+TILE_MIN_M = 128  # sinq_tile_kernel only above this many rows, and only where tile_preferred
 _REDUCE_BLOCK = 1024
 
 
@@ -74,6 +77,17 @@ class MmaConfig(NamedTuple):
     num_warps: int = 4
     num_stages: int = 3
     groups_per_step: int = 1  # groups per pipelined K step (more than one measured slower)
+
+
+class TileConfig(NamedTuple):
+    """Block sizes of the tensor-core kernel for many activation rows (``sinq_tile_kernel``)."""
+
+    block_m: int = 128  # activation rows per program (the tensor cores' M side; >= 16)
+    block_n: int = 128  # weight rows per program (>= 16)
+    block_w: int = 8  # packed words per K step per row (whole groups, a divisor of the row's words)
+    split_k: int = 1  # K slices of whole steps; the last slice of a block to finish adds them up
+    num_warps: int = 8
+    num_stages: int = 3
 
 
 def _sm_count(device: torch.device) -> int:
@@ -139,6 +153,30 @@ def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) 
     return GemmConfig(block_n, block_m, block_w, split_k, num_warps=num_warps, num_stages=2)
 
 
+def default_tile_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> TileConfig:
+    """Block sizes of ``sinq_tile_kernel``: 128 x 128 output tiles, 64 codes per K step, 8 warps, 3 stages, K
+    split evenly only until about one program per SM exists (benchmarks/results/h100/tile_sweep_v7.json: at
+    M = 256 this tile without a split was best at 14336 x 4096 and 16384^2, 100.8 / 380.5 us against the older
+    kernel's 129.5 / 493.6; with fewer programs it lost to it)."""
+    block_m = block_n = 128
+    programs = -(-n // block_n) * -(-m // block_m)
+    steps = -(-k // 32) * bits // (2 * bits)
+    split_k = even_split(steps, min(8, -(-sm_count // programs)))
+    return TileConfig(block_m, block_n, 2 * bits, split_k, 8, 3)
+
+
+def tile_preferred(m: int, n: int, bits: int, sm_count: int = 132) -> bool:
+    """Whether the dispatcher sends an (m x k) @ (k x n) product to ``sinq_tile_kernel`` rather than the older
+    tensor-core kernel: 4-bit codes, more than TILE_MIN_M rows and at least 1.5 programs of 128 x 128 per SM (on
+    an H100 it was 1.2-1.3x faster there and slower with fewer programs: tile_sweep_v7.json)."""
+    return bits == 4 and m > TILE_MIN_M and -(-n // 128) * -(-m // 128) >= 1.5 * sm_count
+
+
+def tile_supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
+    """Whether ``sinq_tile_kernel`` takes this product: K a whole number of groups, 16-bit activations."""
+    return x.shape[-1] % group_size == 0 and x.dtype in KERNEL_DTYPES and bits in KERNEL_BITS
+
+
 def mma_supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
     """Whether ``sinq_mma_kernel`` reads this format: 2- or 4-bit codes (whole codes per 16-bit half), groups of
     at least 16 halves (the depth of a dot), K a whole number of groups, 16-bit activations."""
@@ -195,6 +233,8 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
             config = default_config(m, n, k, bits, group_size, sms)
         elif m <= MMA_MAX_M and mma_supported(x, bits, group_size):
             config = default_mma_config(m, n, k, group_size, sms)
+        elif tile_preferred(m, n, bits, sms) and tile_supported(x, bits, group_size):
+            config = default_tile_config(m, n, k, bits, sms)
         else:
             config = default_gemm_config(m, n, k, bits, sms)
     wrap = launcher or (lambda kernel: kernel)
@@ -204,6 +244,12 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     out = torch.empty(config.split_k, m, n, device=x.device, dtype=torch.float32) if partial else y
     if isinstance(config, LaunchConfig):  # the GEMV reduces its K slices itself
         _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
+        return y
+    if isinstance(config, TileConfig):  # so does the many-row kernel
+        if not tile_supported(x, bits, group_size):
+            raise ValueError(f"TileConfig needs K a multiple of group_size, bits in {KERNEL_BITS} and 16-bit "
+                             f"activations; got bits={bits}, group_size={group_size}, K={k}, dtype={x.dtype}")
+        _launch_tile(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size)
         return y
     if isinstance(config, MmaConfig):  # so does the register-operand kernel
         if not mma_supported(x, bits, group_size):
@@ -230,14 +276,16 @@ _POWER_OF_TWO_FIELDS = {  # Triton tiles are powers of two
     LaunchConfig: ("block_n", "groups_per_step", "block_m"),
     GemmConfig: ("block_n", "block_m", "block_w"),
     MmaConfig: ("block_n", "block_m"),
+    TileConfig: ("block_m", "block_n", "block_w"),
 }
 
 
-def _check_config(config: LaunchConfig | GemmConfig | MmaConfig) -> None:
+def _check_config(config: LaunchConfig | GemmConfig | MmaConfig | TileConfig) -> None:
     """A clear error for block sizes the kernels cannot compile (Triton tiles are powers of two; a tensor-core dot
     needs 16 rows and columns)."""
     if type(config) not in _POWER_OF_TWO_FIELDS:
-        raise TypeError(f"config must be a LaunchConfig, GemmConfig or MmaConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a LaunchConfig, GemmConfig, MmaConfig or TileConfig, got "
+                        f"{type(config).__name__}")
     kind = type(config).__name__
     for name, value in config._asdict().items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -333,6 +381,31 @@ def _mma_product(wrap, config, xp, xsum, qdata, scale, zero_point, bias, out, y,
         SPLIT_K=config.split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         GROUPS_PER_STEP=config.groups_per_step, ASM=_inline_ptx(),
         NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+    )  # fmt: skip
+
+
+def _launch_tile(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
+    m, k = x.shape
+    n, n_words = y.shape[1], qdata.shape[1]
+    block_w = max(config.block_w, group_size * bits // 32)
+    while n_words % block_w:  # whole steps: halve down to one group per step (K is a whole number of groups)
+        block_w //= 2
+    words_per_split = triton.cdiv(n_words // block_w, config.split_k) * block_w
+    grid = (triton.cdiv(m, config.block_m), config.split_k, triton.cdiv(n, config.block_n))
+    partial = config.split_k > 1
+    xp = torch.empty(m, k, device=x.device, dtype=x.dtype)
+    blocks = grid[0] * grid[2]
+    counts = torch.empty(blocks, device=x.device, dtype=torch.int32) if partial else qdata
+    block = 1024
+    wrap(tile_activations_kernel)[(m, triton.cdiv(k, block))](
+        x, act_pre_scale, xp, counts, k, x.stride(0), xp.stride(0), blocks if partial else 0, BLOCK=block,
+        COUNT_BLOCK=256, num_warps=4,
+    )  # fmt: skip
+    wrap(sinq_tile_kernel)[grid](
+        xp, qdata, scale, zero_point, bias, out, y, counts, m, n, n_words, xp.stride(0), qdata.stride(0),
+        scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits, GROUP=group_size,
+        HAS_BIAS=has_bias, SPLIT_K=config.split_k, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_W=block_w,
+        ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
     )  # fmt: skip
 
 

@@ -472,3 +472,85 @@ def sinq_mma_kernel(
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
         tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def tile_activations_kernel(x_ptr, t_ptr, xp_ptr, counts_ptr, K, stride_xm, stride_pm, n_counts,
+                            BLOCK: tl.constexpr, COUNT_BLOCK: tl.constexpr):  # fmt: skip
+    """For sinq_tile_kernel: x' = t ⊙ x rounded to x's dtype, in column order; grid (M, K / BLOCK). The first
+    program also zeroes the n_counts split-K counters of the product that follows (no memset launch)."""
+    m = tl.program_id(0)
+    k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    xv = tl.load(x_ptr + m * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+    tv = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+    tl.store(xp_ptr + m * stride_pm + k, (xv * tv).to(xp_ptr.dtype.element_ty), mask=k < K)
+    if m + tl.program_id(1) == 0:
+        for c0 in range(0, n_counts, COUNT_BLOCK):
+            c = c0 + tl.arange(0, COUNT_BLOCK)
+            tl.store(counts_ptr + c, tl.zeros((COUNT_BLOCK,), dtype=tl.int32), mask=c < n_counts)
+
+
+@triton.jit
+def sinq_tile_kernel(
+    xp_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr,
+    M, N, n_words, stride_pm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, ASM: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    """Tensor-core product for many activation rows: y[m, n] (or out[split] over one K slice of whole steps);
+    grid (M/BM, SPLIT_K, N/BN), activation blocks fastest so the programs sharing a weight tile run together.
+
+    Not swapped: the activation tile x' (t ⊙ x from tile_activations_kernel) is the left operand, straight from
+    its pipelined shared-memory copy, and the dequantized weight tile, transposed, the right one. A step loads
+    BLOCK_W words per weight row, unpacks and scales every code as sinq_gemm_kernel does (one lop3 and one fp32
+    fma per code), puts each 32-column chunk in column order, and the tile goes through shared memory to the
+    tensor cores. The launcher guarantees whole steps (no masks on the K axis). Rows past N and activation rows
+    past M are clamped for loads and not stored. With SPLIT_K > 1 the last slice of a block to finish adds the
+    slices' fp32 sums in slice order (counters zeroed by the activation pass).
+    """
+    PER: tl.constexpr = 32 // BITS
+    WPG: tl.constexpr = GROUP // PER
+    BLOCK_K: tl.constexpr = BLOCK_W * PER
+    GROUPS: tl.constexpr = BLOCK_W // WPG
+    split = tl.program_id(1)
+    first = split * words_per_split
+    last = tl.minimum(first + words_per_split, n_words)
+    ms = tl.minimum(tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M), M - 1)[:, None]
+    rows = tl.minimum(tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None]
+    q_rows = q_ptr + rows.to(tl.int64) * stride_qn
+    sz_rows = rows * stride_sn
+    x_rows = xp_ptr + ms * stride_pm
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for w0 in tl.range(first, last, BLOCK_W, num_stages=NUM_STAGES):
+        words = tl.load(q_rows + w0 + tl.arange(0, BLOCK_W)[None, :])  # [BN, BW]
+        g = w0 // WPG + tl.arange(0, GROUPS)[None, :]
+        s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
+        z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
+        scales = ()  # as in sinq_gemm_kernel
+        offsets = ()
+        for j in tl.static_range(8 // BITS):
+            scales = scales + (_per_word(s * (1.0 / (1 << exponent(j, BITS))), BLOCK_N, GROUPS, WPG),)
+            offsets = offsets + (_per_word(-s * (z + (1 << (23 - exponent(j, BITS)))), BLOCK_N, GROUPS, WPG),)
+        w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, xp_ptr.dtype.element_ty, ASM)
+        w = tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
+                       (BLOCK_N, BLOCK_K))  # fmt: skip
+        xv = tl.load(x_rows + w0 * PER + tl.arange(0, BLOCK_K)[None, :])  # [BM, BK]
+        acc = tl.dot(xv, tl.trans(w), acc)
+    ms = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
+    rows = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    out_mask = (rows < N) & (ms < M)
+    if SPLIT_K > 1:
+        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
+        if _last_slice_to_finish(counts_ptr):
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for other in tl.static_range(SPLIT_K):
+                total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + ms * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)

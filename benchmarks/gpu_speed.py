@@ -1,9 +1,10 @@
 """GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
 
-    python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma]] [--ms 1 4 16 ...]
-                                           [--shapes 4096x4096 ...] [--out results.json]
+    python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma tile] [--gemv-stages 1 3 4]]
+                                           [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--timer graph|kernels]
+                                           [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
-                                           [--variants bf16 sinq tinygemm] [--mark-static]
+                                           [--variants bf16 sinq tinygemm] [--mark-static] [--profile]
     python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
@@ -11,12 +12,14 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             kernel up to 256 (also timed at M = 2..MMA_MAX_M, "old gemm"), else the plain path; and the
             Inductor-compiled plain path), tinygemm int4 g64 (torchao Int4WeightOnlyConfig, tile_packed_to_4d, i.e.
             aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R different weight copies (R chosen
-            so they overflow the 50 MB L2), replayed and divided by R. --sweep also times candidate block sizes of the
-            kernels (the GEMV up to GEMV_MAX_BLOCK_M rows, the two tensor-core kernels from 2) and reports the best.
+            so they overflow the 50 MB L2), replayed and divided by R (--timer kernels: the profiler's kernel time per
+            call instead, memsets left out). --sweep also times candidate block sizes of the kernels (the GEMV up to
+            GEMV_MAX_BLOCK_M rows, the tensor-core kernels from 2, the many-row kernel from 32) and reports the best.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
-            SINQ 4-bit g64 and torchao Int4WeightOnlyConfig (tinygemm).
+            SINQ 4-bit g64 and torchao Int4WeightOnlyConfig (tinygemm). --profile (manual graph) adds each kernel's
+            GPU time per step and the last step's kernels in launch order.
 quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run;
             --sweep also times the Sinkhorn kernel's block sizes on each weight shape.
 """

@@ -337,6 +337,38 @@ def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, st
     tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code - z)).to(w_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _zero_counts(counts_ptr, n_counts, COUNT_BLOCK: tl.constexpr):
+    """Zero the n_counts split-K counters of the product launched next (run by one program of an activation pass)."""
+    for c0 in range(0, n_counts, COUNT_BLOCK):
+        c = c0 + tl.arange(0, COUNT_BLOCK)
+        tl.store(counts_ptr + c, tl.zeros((COUNT_BLOCK,), dtype=tl.int32), mask=c < n_counts)
+
+
+@triton.jit
+def _store_sums(acc, rows, ms, split, N, M, bias_ptr, out_ptr, y_ptr, counts_ptr, stride_om, stride_osplit,
+                stride_ym, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):  # fmt: skip
+    """A tensor-core program's fp32 sums for output rows ``rows`` and activation rows ``ms`` (index tiles that
+    broadcast to acc's shape, in either orientation) into y (+ bias); with SPLIT_K > 1 into out[split], and the
+    last slice of the block to finish adds all slices up in slice order (unrolled: their loads are all in flight
+    at once) into y. Elements past N or M are not stored."""
+    out_mask = (rows < N) & (ms < M)
+    if SPLIT_K > 1:
+        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
+        if _last_slice_to_finish(counts_ptr):
+            total = tl.zeros_like(acc)
+            for other in tl.static_range(SPLIT_K):
+                total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+            tl.store(y_ptr + ms * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
 @triton.constexpr_function
 def code_magic(dtype):
     """Bits of the 16-bit float whose last mantissa bit is 1 (128 in bf16, 1024 in fp16): or-ing a code Q into its
@@ -399,9 +431,7 @@ def mma_activations_kernel(x_ptr, t_ptr, xp_ptr, xsum_ptr, counts_ptr, K, n_grou
     gs = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
     tl.store(xsum_ptr + m * stride_sum + gs, xsum, mask=gs < n_groups)
     if m + tl.program_id(1) == 0:
-        for c0 in range(0, n_counts, COUNT_BLOCK):
-            c = c0 + tl.arange(0, COUNT_BLOCK)
-            tl.store(counts_ptr + c, tl.zeros((COUNT_BLOCK,), dtype=tl.int32), mask=c < n_counts)
+        _zero_counts(counts_ptr, n_counts, COUNT_BLOCK)
 
 
 @triton.jit
@@ -457,21 +487,8 @@ def sinq_mma_kernel(
             acc -= (s * (z + code_offset(DTYPE)))[:, None] * xsum[None, :]
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     ms = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
-    out_mask = (rows < N) & (ms < M)
-    if SPLIT_K > 1:
-        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
-        if _last_slice_to_finish(counts_ptr):
-            total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            for other in tl.static_range(SPLIT_K):  # unrolled: the slices' loads are all in flight at once
-                total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,
-                                 cache_modifier=".cg")  # fmt: skip
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            tl.store(y_ptr + ms * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-        tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    _store_sums(acc, rows, ms, split, N, M, bias_ptr, out_ptr, y_ptr, counts_ptr, stride_om, stride_osplit, stride_ym,
+                HAS_BIAS, SPLIT_K)  # fmt: skip
 
 
 @triton.jit
@@ -485,9 +502,7 @@ def tile_activations_kernel(x_ptr, t_ptr, xp_ptr, counts_ptr, K, stride_xm, stri
     tv = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
     tl.store(xp_ptr + m * stride_pm + k, (xv * tv).to(xp_ptr.dtype.element_ty), mask=k < K)
     if m + tl.program_id(1) == 0:
-        for c0 in range(0, n_counts, COUNT_BLOCK):
-            c = c0 + tl.arange(0, COUNT_BLOCK)
-            tl.store(counts_ptr + c, tl.zeros((COUNT_BLOCK,), dtype=tl.int32), mask=c < n_counts)
+        _zero_counts(counts_ptr, n_counts, COUNT_BLOCK)
 
 
 @triton.jit
@@ -539,18 +554,5 @@ def sinq_tile_kernel(
         acc = tl.dot(xv, tl.trans(w), acc)
     ms = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
     rows = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    out_mask = (rows < N) & (ms < M)
-    if SPLIT_K > 1:
-        tl.store(out_ptr + split * stride_osplit + ms * stride_om + rows, acc, mask=out_mask)
-        if _last_slice_to_finish(counts_ptr):
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for other in tl.static_range(SPLIT_K):
-                total += tl.load(out_ptr + other * stride_osplit + ms * stride_om + rows, mask=out_mask, other=0.0,
-                                 cache_modifier=".cg")  # fmt: skip
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-            tl.store(y_ptr + ms * stride_ym + rows, total.to(y_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-        tl.store(y_ptr + ms * stride_ym + rows, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+    _store_sums(acc, rows, ms, split, N, M, bias_ptr, out_ptr, y_ptr, counts_ptr, stride_om, stride_osplit, stride_ym,
+                HAS_BIAS, SPLIT_K)  # fmt: skip

@@ -312,7 +312,10 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
      (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
      ("fast", "LaunchConfig, GemmConfig, MmaConfig or TileConfig"), (MmaConfig(48, 16), "MmaConfig.block_n=48 must be a power of two"),
-     (MmaConfig(128, 8), "MmaConfig block_n=128 and block_m=8 must be at least 16"), (MmaConfig(128, 16, 0), "split_k=0")],
+     (MmaConfig(128, 8), "MmaConfig block_n=128 and block_m=8 must be at least 16"), (MmaConfig(128, 16, 0), "split_k=0"),
+     (TileConfig(48, 128), "TileConfig.block_m=48 must be a power of two"),
+     (TileConfig(128, 8), "TileConfig block_n=8 and block_m=128 must be at least 16"),
+     (TileConfig(), "TileConfig needs .* got bits=4, group_size=32, K=64, dtype=torch.float32")],
 )  # fmt: skip
 def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(config, message):
     from sinq_ao.kernels import launch

@@ -3,11 +3,12 @@
 ``torch.library.triton_op`` makes the Triton launches visible to ``torch.compile`` (one graph, no break), and the
 op runs eagerly too. The dispatcher (``kernel_supports``) sends products with up to FUSED_MAX_M activation rows to
 the op, which runs the CUDA-core GEMV for one or two rows (decode), the register-operand tensor-core kernel
-(``sinq_mma_kernel``) for up to MMA_MAX_M rows where the format allows, and the older tensor-core kernel up to
-FUSED_MAX_M rows; larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize
+(``sinq_mma_kernel``) for up to MMA_MAX_M rows where the format allows, the many-row kernel (``sinq_tile_kernel``)
+for 4-bit products of more than TILE_MIN_M rows with many output tiles (``tile_preferred``), and the older
+tensor-core kernel otherwise up to FUSED_MAX_M rows; larger M goes to the plain PyTorch path, which Inductor turns into one fused unpack-dequantize
 kernel plus a cuBLAS matmul under torch.compile (on an H100 that was faster than the tensor-core kernel from
 M = 1024, about even at 256: docs/results.md). Block sizes come from ``default_config`` / ``default_mma_config`` /
-``default_gemm_config``; there is no autotuning at first call (the defaults come from
+``default_gemm_config`` / ``default_tile_config``; there is no autotuning at first call (the defaults come from
 ``benchmarks/gpu_speed.py --sweep`` runs on an H100).
 """
 

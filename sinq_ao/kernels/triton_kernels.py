@@ -28,7 +28,8 @@ Up to MMA_MAX_M rows at 4 bits (2 bits with groups of 128 or more) run ``sinq_mm
 the codes unscaled as the register operand (its docstring), after ``mma_activations_kernel``: two launches.
 Other formats and more rows run ``sinq_gemm_kernel`` (its docstring), which dequantizes the same codes with one
 fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with ``splitk_reduce_kernel``.
-``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
+``sinq_tile_kernel`` (after ``tile_activations_kernel``) takes 4-bit products of many rows on wide weights with the
+product not swapped (its docstring). ``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
 
 import triton

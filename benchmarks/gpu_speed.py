@@ -264,28 +264,24 @@ def bench_layers(args) -> list[dict]:
             row["bf16_us"] = timer([lambda w=w: F.linear(x, w) for w in bf16_ws])
             row["sinq_us"] = timer([lambda w=w: F.linear(x, w) for w in sinq_ws])
             row["tinygemm_us"] = timer([lambda w=w: F.linear(x, w) for w in tiny_ws])
+            y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+
+            def config_us(config, x=x, y=y, ws=sinq_ws):
+                """The op's launch with an explicit configuration, timed over the SINQ copies."""
+                return timer([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64,
+                                                 config=config) for w in ws])  # fmt: skip
+
             if 1 < m <= MMA_MAX_M:  # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel
-                gemm = default_gemm_config(m, n, k, 4)
-                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                row["sinq_gemm_us"] = timer([
-                    lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64, config=gemm)
-                    for w in sinq_ws])  # fmt: skip
+                row["sinq_gemm_us"] = config_us(default_gemm_config(m, n, k, 4))
             if m > MMA_MAX_M:  # the many-row kernel with its default configuration
-                tile = default_tile_config(m, n, k, 4)
-                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                row["sinq_tile_us"] = timer([
-                    lambda w=w, x=x, y=y, c=tile: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y,
-                                                         4, 64, config=c)
-                    for w in sinq_ws])  # fmt: skip
+                row["sinq_tile_us"] = config_us(default_tile_config(m, n, k, 4))
             if m >= 4:
                 row["sinq_inductor_us"] = timer([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
             if args.sweep:
-                y = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 best = None
                 for config in sweep_candidates(m, n, k, args.kernels, tuple(args.gemv_stages)):
                     try:
-                        us = timer([lambda w=w, c=config: launch(x, w.qdata, w.scale, w.zero_point,
-                                            w.act_pre_scale, None, y, 4, 64, config=c) for w in sinq_ws])  # fmt: skip
+                        us = config_us(config)
                     except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
                         continue
                     timing = {"kernel": type(config).__name__, **config._asdict(), "us": us}

@@ -7,9 +7,10 @@ counts quoted in docs/results.md come from it. Examples:
     python benchmarks/sass_count.py gemv BITS=4 BLOCK_N=8 GROUPS_PER_STEP=4 --num-warps 1 --num-stages 3
     python benchmarks/sass_count.py gemm BITS=4 BLOCK_N=64 BLOCK_M=16 BLOCK_W=8 --num-warps 4 --num-stages 2
     python benchmarks/sass_count.py mma BITS=4 BLOCK_N=64 BLOCK_M=16 --num-warps 4 --num-stages 3
+    python benchmarks/sass_count.py tile BITS=4 BLOCK_M=128 BLOCK_N=128 BLOCK_W=8 --num-warps 8 --num-stages 3
 
 Constexprs not given take the values below (4-bit g64, no bias, even K, inline PTX), and warps / stages the
-defaults of M = 1 (GEMV) and M = 16 (both tensor-core kernels).
+defaults of M = 1 (GEMV), M = 16 (both tensor-core kernels) and M = 256 (the many-row kernel).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ KERNELS = {
     "mma": (triton_kernels.sinq_mma_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=16,
                                                  BLOCK_N=64, GROUPS_PER_STEP=1, ASM=True, NUM_STAGES=3),
             4, 3),  # fmt: skip
+    "tile": (triton_kernels.sinq_tile_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, SPLIT_K=1, BLOCK_M=128,
+                                                   BLOCK_N=128, BLOCK_W=8, ASM=True, NUM_STAGES=3), 8, 3),  # fmt: skip
 }
 # specialised as multiples of 16, as in real launches
 ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_split")

@@ -229,6 +229,27 @@ def _per_word(values, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WPG: tl.const
 
 
 @triton.jit
+def _dequantized_tile(words, s, z, BITS: tl.constexpr, GROUPS: tl.constexpr, WPG: tl.constexpr, DTYPE: tl.constexpr,
+                      ASM: tl.constexpr):  # fmt: skip
+    """s · (Q − z) in DTYPE, in column order, for a [BLOCK_N, GROUPS · WPG] tile of packed words whose groups' fp32
+    scales and zero-points are s and z ([BLOCK_N, GROUPS]): one fma per code with s · 2^-e and −s · (z + 2^(23 − e))
+    per e(p) class j (e = 15 + BITS · j), broadcast to each group's words; returns [BLOCK_N, GROUPS · WPG · PER]."""
+    PER: tl.constexpr = 32 // BITS
+    BLOCK_N: tl.constexpr = words.shape[0]
+    BLOCK_W: tl.constexpr = GROUPS * WPG
+    scales = ()
+    offsets = ()
+    for j in tl.static_range(8 // BITS):
+        scales = scales + (_per_word(s * (1.0 / (1 << exponent(j, BITS))), BLOCK_N, GROUPS, WPG),)
+        offsets = offsets + (_per_word(-s * (z + (1 << (23 - exponent(j, BITS)))), BLOCK_N, GROUPS, WPG),)
+    w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, DTYPE, ASM)
+    # entry f·PER + p holds column (f // BITS)·32 + p·BITS + f mod BITS (layout v2): within each 32-column chunk
+    # the order is (word j, position p); put it in column order (p, j), a register relabelling
+    return tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
+                      (BLOCK_N, BLOCK_W * PER))  # fmt: skip
+
+
+@triton.jit
 def sinq_gemm_kernel(
     x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, words_per_split,
@@ -278,18 +299,7 @@ def sinq_gemm_kernel(
             s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             x_ok = m_ok & (k < K)
-        scales = ()  # per e(p) class j and word: s · 2^-e and −s · (z + 2^(23 − e)), e = 15 + BITS · j
-        offsets = ()
-        for j in tl.static_range(8 // BITS):
-            scale = s * (1.0 / (1 << exponent(j, BITS)))
-            offset = -s * (z + (1 << (23 - exponent(j, BITS))))
-            scales = scales + (_per_word(scale, BLOCK_N, GROUPS, WPG),)
-            offsets = offsets + (_per_word(offset, BLOCK_N, GROUPS, WPG),)
-        w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, x_ptr.dtype.element_ty, ASM)  # s · (Q − z)
-        # entry f·PER + p holds column (f // BITS)·32 + p·BITS + f mod BITS (layout v2): within each 32-column
-        # chunk the order is (word j, position p); put it in column order (p, j)
-        w = tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
-                       (BLOCK_N, BLOCK_K))  # fmt: skip
+        w = _dequantized_tile(words, s, z, BITS, GROUPS, WPG, x_ptr.dtype.element_ty, ASM)  # [BN, BK]: s · (Q − z)
         xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
         if not PRESCALED:
             t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)
@@ -519,8 +529,8 @@ def sinq_tile_kernel(
 
     Not swapped: the activation tile x' (t ⊙ x from tile_activations_kernel) is the left operand, straight from
     its pipelined shared-memory copy, and the dequantized weight tile, transposed, the right one. A step loads
-    BLOCK_W words per weight row, unpacks and scales every code as sinq_gemm_kernel does (one lop3 and one fp32
-    fma per code), puts each 32-column chunk in column order, and the tile goes through shared memory to the
+    BLOCK_W words per weight row, unpacks and scales every code as sinq_gemm_kernel does (_dequantized_tile: one
+    lop3 and one fp32 fma per code, each 32-column chunk in column order), and the tile goes through shared memory to the
     tensor cores. The launcher guarantees whole steps (no masks on the K axis). Rows past N and activation rows
     past M are clamped for loads and not stored. With SPLIT_K > 1 the last slice of a block to finish adds the
     slices' fp32 sums in slice order (counters zeroed by the activation pass).
@@ -543,14 +553,7 @@ def sinq_tile_kernel(
         g = w0 // WPG + tl.arange(0, GROUPS)[None, :]
         s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
         z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
-        scales = ()  # as in sinq_gemm_kernel
-        offsets = ()
-        for j in tl.static_range(8 // BITS):
-            scales = scales + (_per_word(s * (1.0 / (1 << exponent(j, BITS))), BLOCK_N, GROUPS, WPG),)
-            offsets = offsets + (_per_word(-s * (z + (1 << (23 - exponent(j, BITS)))), BLOCK_N, GROUPS, WPG),)
-        w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, xp_ptr.dtype.element_ty, ASM)
-        w = tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
-                       (BLOCK_N, BLOCK_K))  # fmt: skip
+        w = _dequantized_tile(words, s, z, BITS, GROUPS, WPG, xp_ptr.dtype.element_ty, ASM)  # [BN, BK]
         xv = tl.load(x_rows + w0 * PER + tl.arange(0, BLOCK_K)[None, :])  # [BM, BK]
         acc = tl.dot(xv, tl.trans(w), acc)
     ms = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]

@@ -288,8 +288,11 @@ def bench_layers(args) -> list[dict]:
                     row.setdefault("candidates", []).append(timing)
                     if best is None or us < best[1]:
                         best = (config, us)
-                row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}
-                row["best_us"] = best[1]
+                if best is None:  # the chosen families have no candidate for this M (e.g. --kernels tile at M = 16)
+                    log(f"no --sweep candidate of {args.kernels} for M = {m}")
+                else:
+                    row["best_config"] = {"kernel": type(best[0]).__name__, **best[0]._asdict()}
+                    row["best_us"] = best[1]
             row["speedup_vs_bf16"] = row["bf16_us"] / row["sinq_us"]
             row["speedup_vs_tinygemm"] = row["tinygemm_us"] / row["sinq_us"]
             rows.append(row)

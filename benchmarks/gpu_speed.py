@@ -4,7 +4,7 @@
                                            [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--timer graph|kernels]
                                            [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
-                                           [--variants bf16 sinq tinygemm] [--mark-static] [--profile]
+                                           [--variants bf16 sinq sinq-unfused tinygemm] [--mark-static] [--profile]
     python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
@@ -18,7 +18,8 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
-            SINQ 4-bit g64 and torchao Int4WeightOnlyConfig (tinygemm). --profile (manual graph) adds each kernel's
+            SINQ 4-bit g64 (q/k/v and gate/up grouped into one launch each; sinq-unfused: not grouped) and torchao
+            Int4WeightOnlyConfig (tinygemm). --profile (manual graph) adds each kernel's
             GPU time per step and the last step's kernels in launch order.
 quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run;
             --sweep also times the Sinkhorn kernel's block sizes on each weight shape.
@@ -42,7 +43,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sinq_ao import SINQConfig, SINQTensor  # noqa: E402
+from sinq_ao import SINQConfig, SINQTensor, disable_projection_fusion, enable_projection_fusion  # noqa: E402
 from sinq_ao.kernels import (  # noqa: E402
     GEMV_MAX_BLOCK_M,
     MMA_MAX_M,
@@ -324,7 +325,7 @@ def quantize_variant(model, variant: str):
 
     from sinq_ao import skip_lm_head
 
-    if variant == "sinq":
+    if variant in ("sinq", "sinq-unfused"):
         quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=skip_lm_head)
     elif variant == "tinygemm":
         quantize_(model, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"),
@@ -399,6 +400,8 @@ def bench_decode(args) -> list[dict]:
 
     rows = []
     for variant in args.variants:
+        # sinq-unfused: each projection its own launch (sinq groups q/k/v and gate/up: sinq_ao.fusion)
+        (disable_projection_fusion if variant == "sinq-unfused" else enable_projection_fusion)()
         model = build_llama(args.layers)
         start = time.perf_counter()
         quantize_variant(model, variant)
@@ -549,7 +552,9 @@ def main(argv=None):
                         help="decode with reduce-overhead: mark every parameter and its inner tensors static")
     parser.add_argument("--profile", action="store_true",
                         help="decode: also list each kernel's GPU time per step (torch.profiler, manual graph only)")
-    parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"], help="decode variants")
+    parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"],
+                        choices=["bf16", "sinq", "sinq-unfused", "tinygemm"],
+                        help="decode variants (sinq-unfused: without grouping q/k/v and gate/up into one launch)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

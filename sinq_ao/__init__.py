@@ -5,15 +5,17 @@
     quantize_(model, SINQConfig(bits=4, group_size=64))
 """
 
+from . import fusion, serialization
+from .calibration import asinq_quantize_, calibration_tokens
 from .config import SINQConfig, sinq_config, skip_lm_head
+from .fusion import disable_projection_fusion, enable_projection_fusion, grouped_linear
+from .mixed_precision import plan_mixed_precision
 from .quantize import dequantize_weight, quantize_weight
 from .sinkhorn import imbalance, sinkhorn_normalize
 from .tensor import SINQTensor, mark_static_weights, sinq_linear
-from .calibration import asinq_quantize_, calibration_tokens
-from .mixed_precision import plan_mixed_precision
-from . import serialization
 
 serialization.register()  # torchao / transformers can now save and load SINQ checkpoints
+fusion.enable_from_environment()  # torch.compile groups q/k/v and gate/up into one GEMV launch each
 
 __all__ = [
     "SINQConfig",
@@ -21,6 +23,9 @@ __all__ = [
     "asinq_quantize_",
     "calibration_tokens",
     "dequantize_weight",
+    "disable_projection_fusion",
+    "enable_projection_fusion",
+    "grouped_linear",
     "imbalance",
     "mark_static_weights",
     "plan_mixed_precision",

@@ -3,7 +3,16 @@
 import torch
 
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import GemmConfig, LaunchConfig, MmaConfig, TileConfig, default_tile_config, dequantize, launch
+from sinq_ao.kernels import (
+    GemmConfig,
+    LaunchConfig,
+    MmaConfig,
+    TileConfig,
+    default_tile_config,
+    dequantize,
+    launch,
+    launch_group,
+)
 from tests.helpers import compile_for_sm90
 
 
@@ -24,6 +33,25 @@ def kernel_relative_error(bits, m, n, k, group_size, dtype, device, config=None,
     if not torch.isfinite(y).all():
         return float("inf")
     return ((y.double() - reference).norm() / reference.norm()).item()
+
+
+def group_relative_error(bits, m, ns, k, group_size, dtype, device, config=None, seed=0) -> float:
+    """The largest relative error of the grouped GEMV's outputs (weights of ns rows sharing x) against each
+    weight's x·t @ dequant(W)ᵀ in float64, outputs NaN-poisoned."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+    weights, references, ys = [], [], []
+    for n in ns:
+        weight = torch.randn(n, k, generator=gen) * (torch.randn(1, k, generator=gen).exp())
+        w = SINQTensor.from_hp(weight.to(device=device, dtype=dtype), bits=bits, group_size=group_size)
+        weights.append((w.qdata, w.scale, w.zero_point, w.act_pre_scale))
+        references.append(x.double() @ (w.act_pre_scale.double()[:, None] * w.dequantize(
+            torch.float64, with_col_scale=False).t()))  # fmt: skip
+        ys.append(torch.full((m, n), float("nan"), device=device, dtype=dtype))
+    launch_group(x, weights, ys, bits, group_size, config=config)
+    if not all(torch.isfinite(y).all() for y in ys):
+        return float("inf")
+    return max(((y.double() - r).norm() / r.norm()).item() for y, r in zip(ys, references, strict=True))
 
 
 def dequantize_relative_error(bits, n, k, group_size, dtype, device, seed=0) -> float:
@@ -80,6 +108,15 @@ INTERPRETER_TILE_CASES = [
 ]
 
 
+# The grouped GEMV (two or three weights sharing x): ragged N per weight, K not a multiple of a step or of 32.
+INTERPRETER_GROUP_CASES = [
+    (4, 1, (24, 8, 8), 256, 64, None),
+    (4, 2, (40, 16), 320, 64, LaunchConfig(16, 2)),
+    (2, 1, (17, 30, 9), 576, 128, LaunchConfig(8, 2, block_m=1)),
+    (8, 2, (16, 24, 8), 200, 64, LaunchConfig(4, 1, block_m=2)),
+]
+
+
 def run_interpreter_cases() -> None:
     """Entry point for the TRITON_INTERPRET=1 subprocess: print one line per case, fail loudly on a miss."""
     # The interpreter emulates bf16 casts incorrectly (numpy has no bf16), so check float16 and float32 here;
@@ -102,6 +139,10 @@ def run_interpreter_cases() -> None:
         error = kernel_relative_error(bits, m, n, k, g, torch.float16, "cpu", config)
         print(f"float16 many-row bits={bits} M={m} N={n} K={k} g={g} {config}: {error:.2e}", flush=True)
         assert error < 5e-3, (bits, m, n, k, g, error)
+    for bits, m, ns, k, g, config in INTERPRETER_GROUP_CASES:
+        error = group_relative_error(bits, m, ns, k, g, torch.float16, "cpu", config)
+        print(f"float16 grouped GEMV bits={bits} M={m} N={ns} K={k} g={g}: {error:.2e}", flush=True)
+        assert error < 5e-3, (bits, m, ns, k, g, error)
     print("interpreter cases passed")
 
 
@@ -110,7 +151,8 @@ if __name__ == "__main__":
 
 
 # Pointer types of the linear kernels' arguments for an ahead-of-time build (the others point to bf16).
-POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32", "xsum_ptr": "*fp32"}
+POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "counts_ptr": "*i32", "xsum_ptr": "*fp32",
+                 "q0_ptr": "*i32", "q1_ptr": "*i32", "q2_ptr": "*i32"}
 
 
 def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
@@ -119,6 +161,7 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         dequantize_kernel,
         mma_activations_kernel,
         sinq_gemm_kernel,
+        sinq_gemv_group_kernel,
         sinq_gemv_kernel,
         sinq_mma_kernel,
         sinq_tile_kernel,
@@ -130,6 +173,8 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     kernels = [
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
                             "GROUPS_PER_STEP": 4, "EVEN_K": False, "ASM": True, "NUM_STAGES": 3}),  # fmt: skip
+        (sinq_gemv_group_kernel, {**common, "BLOCK_M": 1, "BLOCK_N": 8, "GROUPS_PER_STEP": 2, "EVEN_K": True,
+                                  "ASM": True, "NUM_STAGES": 3}),
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
                             "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False, "ASM": True}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),

@@ -27,6 +27,7 @@ try:
         dequantize_kernel,
         mma_activations_kernel,
         sinq_gemm_kernel,
+        sinq_gemv_group_kernel,
         sinq_gemv_kernel,
         sinq_mma_kernel,
         sinq_tile_kernel,
@@ -325,6 +326,64 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     )  # fmt: skip
 
 
+GROUP_MAX = 3  # weights per grouped GEMV launch (a layer's q, k and v projections)
+
+
+def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], bits: int, group_size: int) -> bool:
+    """Whether one grouped GEMV launch takes these (qdata, scale, zero_point, act_pre_scale) weights: 2 to GROUP_MAX
+    of them on x's device in one format with the same strides, and at most GEMV_MAX_M activation rows."""
+    if not 2 <= len(weights) <= GROUP_MAX or x.shape[0] > GEMV_MAX_M or x.stride(-1) != 1:
+        return False
+    qdata, scale, zero_point, _ = weights[0]
+    return all(
+        q.shape[1] == qdata.shape[1] and q.stride() == qdata.stride() and s.stride() == scale.stride()
+        and z.stride() == s.stride() and s.dtype == scale.dtype and z.dtype == zero_point.dtype
+        for q, s, z, _ in weights
+    )  # fmt: skip
+
+
+def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
+    """Block sizes of the grouped GEMV over n rows in all: ``default_config``'s without a K split, and 32 words per
+    step from 24 row blocks per SM (benchmarks/results/h100/group_sweep_v8.json, kernel time at M = 1 on an H100:
+    gate + up of the 8B shape, 28672 x 4096, 34.2 us against 38.7 with 64 words; q + k + v, 6144 x 4096, 10.7 us
+    with the default, best 10.3)."""
+    config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
+    if -(-n // config.block_n) >= 24 * sm_count:
+        config = config._replace(groups_per_step=max(1, 32 // (group_size * bits // 32)))
+    return config
+
+
+def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):
+    """ys[i] = [s_i ⊙ (Q_i − z_i)] (t_i ⊙ x) for weights[i] = (Q_i, s_i, z_i, t_i), in one GEMV launch
+    (``sinq_gemv_group_kernel``) with ``default_group_config``'s block sizes for all their rows together (or
+    ``config``, K unsplit). ``group_supported`` must hold; each ys[i] is a contiguous (M, N_i) tensor."""
+    m, k = x.shape
+    if config is None:
+        config = default_group_config(m, sum(y.shape[1] for y in ys), k, bits, group_size, _sm_count(x.device))
+    _check_config(config)
+    if config.split_k != 1:
+        raise ValueError(f"the grouped GEMV does not split K; got LaunchConfig.split_k={config.split_k}")
+    qdata, scale = weights[0][0], weights[0][1]
+    n_words = qdata.shape[1]
+    words_per_group = group_size * bits // 32
+    step = config.groups_per_step * words_per_group
+    even_k = n_words % step == 0 and n_words * 32 == k * bits
+    args = []  # per weight t, Q, s, z, y, N
+    for (q, s, z, t), y in zip(weights, ys, strict=True):
+        args += [t, q, s, z, y, y.shape[1]]
+    # A missing third weight: the last one's inputs with N = 0 (no blocks) and an output of its own (an output
+    # passed twice would be two outputs to torch.compile's functionalization, one of them never written).
+    if len(weights) < GROUP_MAX:
+        args += args[-6:-2] + [torch.empty(1, device=x.device, dtype=x.dtype), 0]
+    grid = (sum(triton.cdiv(y.shape[1], config.block_n) for y in ys), 1, triton.cdiv(m, config.block_m))
+    (launcher or (lambda kernel: kernel))(sinq_gemv_group_kernel)[grid](
+        x, *args, m, k, n_words, x.stride(0), qdata.stride(0), scale.stride(0), BITS=bits,
+        GROUP=group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step,
+        EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+    )  # fmt: skip
+    return ys
+
+
 def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, has_bias, bits, group_size):
     m, k = x.shape
     n = out.shape[-1]
@@ -446,6 +505,22 @@ def sinq_linear_op(
     y = torch.empty(x.shape[0], qdata.shape[0], dtype=x.dtype, device=x.device)
     return launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size,
                   launcher=torch.library.wrap_triton)  # fmt: skip
+
+
+@torch.library.triton_op("sinq_ao::linear_group", mutates_args=())
+def sinq_linear_group_op(
+    x: torch.Tensor,
+    qdata: list[torch.Tensor],
+    scale: list[torch.Tensor],
+    zero_point: list[torch.Tensor],
+    act_pre_scale: list[torch.Tensor],
+    bits: int,
+    group_size: int,
+) -> list[torch.Tensor]:
+    """[s_i ⊙ (Q_i − z_i)] (t_i ⊙ x) for each weight i, in one grouped GEMV launch (``group_supported`` holds)."""
+    ys = [torch.empty(x.shape[0], q.shape[0], dtype=x.dtype, device=x.device) for q in qdata]
+    weights = list(zip(qdata, scale, zero_point, act_pre_scale, strict=True))
+    return launch_group(x, weights, ys, bits, group_size, launcher=torch.library.wrap_triton)
 
 
 def fused_linear(x, qdata, scale, zero_point, act_pre_scale, bias, bits, group_size):

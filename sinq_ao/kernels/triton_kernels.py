@@ -108,6 +108,51 @@ def sinq_gemv_kernel(
 ):  # fmt: skip
     """y[m, n] for BLOCK_M activation rows x BLOCK_N output rows; grid (N/BN, SPLIT_K, M/BM). With PARTIAL (K
     split), each program writes its slice's fp32 sums to out[split] and the block's last program writes y."""
+    _gemv_block(x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr, tl.program_id(0),
+                M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym,
+                words_per_split, BITS, GROUP, HAS_BIAS, PARTIAL, BLOCK_M, BLOCK_N, GROUPS_PER_STEP, EVEN_K, ASM,
+                NUM_STAGES)  # fmt: skip
+
+
+@triton.jit
+def sinq_gemv_group_kernel(
+    x_ptr, t0_ptr, q0_ptr, s0_ptr, z0_ptr, y0_ptr, N0, t1_ptr, q1_ptr, s1_ptr, z1_ptr, y1_ptr, N1,
+    t2_ptr, q2_ptr, s2_ptr, z2_ptr, y2_ptr, N2,
+    M, K, n_words, stride_xm, stride_qn, stride_sn,
+    BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    """The GEMV of two or three weights that share their activations x (e.g. a layer's q, k and v projections) in
+    one launch: grid (blocks of weight 0 + of weight 1 + of weight 2, 1, M/BM); each program picks its weight (codes,
+    scales, zero-points, column scale t, output and row count) by its block index. Same format and strides for all,
+    contiguous (M, N_i) outputs, no bias, no K split (the combined rows fill the GPU). With two weights, pass
+    weight 1's inputs again as weight 2 with N2 = 0 (and an unused output)."""
+    block = tl.program_id(0)
+    blocks0 = tl.cdiv(N0, BLOCK_N)
+    blocks01 = blocks0 + tl.cdiv(N1, BLOCK_N)
+    in1 = block >= blocks0
+    in2 = block >= blocks01
+    block -= tl.where(in2, blocks01, tl.where(in1, blocks0, 0))
+    n = tl.where(in2, N2, tl.where(in1, N1, N0))
+    t_ptr = tl.where(in2, t2_ptr, tl.where(in1, t1_ptr, t0_ptr))
+    q_ptr = tl.where(in2, q2_ptr, tl.where(in1, q1_ptr, q0_ptr))
+    s_ptr = tl.where(in2, s2_ptr, tl.where(in1, s1_ptr, s0_ptr))
+    z_ptr = tl.where(in2, z2_ptr, tl.where(in1, z1_ptr, z0_ptr))
+    y_ptr = tl.where(in2, y2_ptr, tl.where(in1, y1_ptr, y0_ptr))
+    _gemv_block(x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, y_ptr, y_ptr, y_ptr, y_ptr, block, M, n, K, n_words,
+                stride_xm, stride_qn, stride_sn, n, 0, n, n_words, BITS, GROUP, False, False,
+                BLOCK_M, BLOCK_N, GROUPS_PER_STEP, EVEN_K, ASM, NUM_STAGES)  # fmt: skip
+
+
+@triton.jit
+def _gemv_block(
+    x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr, block,
+    M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
+    BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
+    ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+):  # fmt: skip
+    """The GEMV's work for output row block ``block`` (its K slice: grid dimension 1)."""
     PER: tl.constexpr = 32 // BITS
     WPG: tl.constexpr = GROUP // PER  # packed words per group
     split = tl.program_id(1)
@@ -119,7 +164,7 @@ def sinq_gemv_kernel(
     # accumulators (tuples, unrolled over BLOCK_M), and each unpacked code is used for all of them. Rows past N
     # and activation rows past M are clamped, not masked (their results are not stored), so whole steps load
     # without predicates.
-    rows = tl.minimum(tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None, None]
+    rows = tl.minimum(block * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None, None]
     gi = tl.arange(0, GROUPS_PER_STEP)[None, :, None]
     wi = gi * WPG + tl.arange(0, WPG)[None, None, :]  # word offsets within a step
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
@@ -172,7 +217,7 @@ def sinq_gemv_kernel(
         for mi in tl.static_range(BLOCK_M):
             updated = updated + (accs[mi] + s * dots[mi],)
         accs = updated
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     for mi in tl.static_range(BLOCK_M):

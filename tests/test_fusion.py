@@ -1,0 +1,153 @@
+"""Projections that share their input run as one grouped GEMV launch (sinq_ao.fusion) under torch.compile."""
+
+import pytest
+import torch
+from torchao.quantization import quantize_
+
+import sinq_ao
+from sinq_ao import SINQConfig, SINQTensor, fusion, grouped_linear, kernels
+from tests.helpers import relative_error, requires_cuda
+from tests.kernel_checks import group_relative_error
+from tests.test_model import tiny_llama
+
+NO_CACHES = torch._inductor.config.patch(force_disable_caches=True)
+
+
+def _spy_groups(monkeypatch) -> list[list[int]]:
+    """Record, per compiled graph, how many linears each grouped_linear node took (compile under NO_CACHES: a
+    cached graph skips the pass)."""
+    seen = []
+    original = fusion.group_projections
+
+    def spy(graph):
+        original(graph)
+        seen.append([len(n.args) - 1 for n in graph.nodes if n.target is grouped_linear])
+
+    monkeypatch.setattr(fusion, "group_projections", spy)
+    return seen
+
+
+def test_import_enables_the_pass_in_inductor_unless_the_environment_says_no(monkeypatch):
+    with torch._inductor.config.patch(pre_grad_custom_pass=None):
+        monkeypatch.setenv("SINQ_AO_FUSE_PROJECTIONS", "0")
+        fusion.enable_from_environment()
+        assert torch._inductor.config.pre_grad_custom_pass is None
+        monkeypatch.delenv("SINQ_AO_FUSE_PROJECTIONS")
+        fusion.enable_from_environment()
+        assert torch._inductor.config.pre_grad_custom_pass is fusion.PASS
+    assert fusion._installed(torch._inductor.config.pre_grad_custom_pass)  # what `import sinq_ao` left
+
+
+def test_enabling_keeps_a_users_own_pass_and_disabling_restores_it():
+    calls = []
+
+    def users_pass(graph):
+        calls.append(graph)
+
+    with torch._inductor.config.patch(pre_grad_custom_pass=users_pass):
+        sinq_ao.enable_projection_fusion()
+        sinq_ao.enable_projection_fusion()  # idempotent
+        both = torch._inductor.config.pre_grad_custom_pass
+        assert isinstance(both, fusion._Both) and both.first is users_pass and both.second is fusion.PASS
+        both(torch.fx.Graph())
+        assert len(calls) == 1
+        assert both.uuid() is None  # the user's pass has no uuid: Inductor must not cache on ours alone
+        sinq_ao.disable_projection_fusion()
+        assert torch._inductor.config.pre_grad_custom_pass is users_pass
+
+
+def test_compiled_llama_groups_qkv_and_gate_up_and_matches_eager(monkeypatch):
+    """On CPU the grouped node runs the separate linears: the rewrite must not change the result."""
+    seen = _spy_groups(monkeypatch)
+    model = tiny_llama()
+    quantize_(model, SINQConfig(bits=4))
+    tokens = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    with torch.no_grad(), NO_CACHES:
+        eager = model(tokens).logits
+        compiled = torch.compile(model, fullgraph=True)(tokens).logits
+    assert seen == [[3, 2, 3, 2]]  # per layer q/k/v, then gate/up
+    assert relative_error(compiled, eager) < 1e-5
+
+
+class _Shared(torch.nn.Module):
+    """Five linears on one input: two SINQ g64 (grouped), one with a bias, one g128, one unquantized."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(256, 64, bias=False)
+        self.b = torch.nn.Linear(256, 96, bias=False)
+        self.with_bias = torch.nn.Linear(256, 32)
+        self.g128 = torch.nn.Linear(256, 32, bias=False)
+        self.dense = torch.nn.Linear(256, 32, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.with_bias(x), self.g128(x), self.dense(x), self.b(x)], dim=-1)
+
+
+def test_pass_groups_only_bias_free_sinq_linears_of_one_format(monkeypatch):
+    seen = _spy_groups(monkeypatch)
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=lambda m, fqn: fqn in ("a", "b", "with_bias"))
+    quantize_(model, SINQConfig(bits=4, group_size=128), filter_fn=lambda m, fqn: fqn == "g128")
+    x = torch.randn(3, 256)
+    torch._dynamo.reset()
+    with torch.no_grad(), NO_CACHES:
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    assert seen == [[2]]
+    assert relative_error(compiled, eager) < 1e-5
+
+
+def test_grouped_linear_equals_the_separate_linears_on_cpu():
+    torch.manual_seed(0)
+    weights = [SINQTensor.from_hp(torch.randn(n, 128), bits=4, group_size=64) for n in (64, 32, 32)]
+    x = torch.randn(2, 5, 128)
+    grouped = grouped_linear(x, *weights)
+    for y, w in zip(grouped, weights, strict=True):
+        assert torch.equal(y, torch.nn.functional.linear(x, w))
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_grouped_gemv_matches_reference_on_gpu_over_random_shapes(bits, dtype):
+    gen = torch.Generator().manual_seed(bits)
+    for case in range(8):
+        m = 1 + case % 2
+        ns = [int(torch.randint(1, 80, (1,), generator=gen)) * 8 + case % 3 for _ in range(2 + case % 2)]
+        k = int(torch.randint(1, 24, (1,), generator=gen)) * 64
+        error = group_relative_error(bits, m, ns, k, [64, 128][case % 2] if k % 128 == 0 else 64, dtype, "cuda",
+                                     seed=case)  # fmt: skip
+        assert error < 1e-2, (bits, m, ns, k, error)
+
+
+@requires_cuda
+def test_grouped_gemv_default_for_many_rows_matches_reference_on_gpu():
+    """gate + up of the 8B shape: default_group_config's 32-word steps (24 or more row blocks per SM)."""
+    config = kernels.default_group_config(1, 2 * 14336, 4096, 4, 64, kernels._sm_count(torch.device("cuda")))
+    assert config.groups_per_step * 64 * 4 // 32 == 32
+    assert group_relative_error(4, 1, (14336, 14336), 4096, 64, torch.bfloat16, "cuda") < 1e-2
+
+
+@requires_cuda
+def test_compiled_llama_decode_step_runs_the_grouped_kernel_and_matches_eager(monkeypatch):
+    launches = []
+    original = kernels.launch_group
+
+    def counting(*args, **kwargs):
+        launches.append(len(args[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch_group", counting)
+    model = tiny_llama().to(device="cuda", dtype=torch.bfloat16)
+    quantize_(model, SINQConfig(bits=4))
+    tokens = torch.randint(0, 512, (1, 1), device="cuda")
+    torch._dynamo.reset()
+    with torch.no_grad(), NO_CACHES:  # a cached graph would not trace the op
+        eager = model(tokens).logits.float()
+        compiled = torch.compile(model, fullgraph=True)(tokens).logits.float()
+    # traced (at least once, the same number of times) for each layer's q/k/v and gate/up
+    assert set(launches) == {2, 3} and launches.count(3) == launches.count(2) >= 2
+    assert relative_error(compiled, eager) < 1e-2

@@ -68,6 +68,15 @@ class SINQTensor(TorchAOBaseTensor):
         self.tiling = tiling
         self.layout_version = packing.LAYOUT_VERSION
 
+    def __tensor_flatten__(self):
+        """(inner tensor names, metadata). The metadata dict is built once per tensor (its attributes are not changed
+        after construction): torch.compile's guards flatten every SINQ weight on every call of a compiled model, and
+        building it each time cost ~10 µs per weight (docs/results.md, "Guards")."""
+        metadata = self.__dict__.get("_flat_metadata")
+        if metadata is None:
+            metadata = self._flat_metadata = {name: getattr(self, name) for name in self.tensor_attribute_names}
+        return list(self.tensor_data_names), metadata
+
     def _quantization_type(self) -> str:
         return (
             f"shape={tuple(self.shape)}, bits={self.bits}, group_size={self.group_size}, scheme={self.scheme}, "

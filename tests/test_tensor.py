@@ -136,3 +136,26 @@ def test_quantize_marks_the_weight_and_its_inner_tensors_static_for_cuda_graph_r
     moved = model.to(torch.float64)  # new inner tensors: unmarked until marked again
     assert mark_static_weights(moved) is moved
     assert all(hasattr(getattr(moved[0].weight, n), "_dynamo_static_input_type") for n in moved[0].weight.tensor_data_names)
+
+
+def test_compile_guards_still_tell_weights_of_another_format_apart():
+    """SINQTensor.__tensor_flatten__ builds its metadata once per tensor (torch.compile's guards call it for every
+    weight on every call): a weight that differs only in metadata must still recompile, an equal one must not."""
+    from torch._dynamo.testing import CompileCounter
+    from torchao.utils import TorchAOBaseTensor
+
+    dense = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    weight = SINQTensor.from_hp(dense, bits=4, group_size=64)
+    same_format = SINQTensor.from_hp(dense * 2, bits=4, group_size=64)
+    symmetric = SINQTensor.from_hp(dense, bits=4, group_size=64, scheme="symmetric")  # same inner shapes
+    assert weight.__tensor_flatten__() == TorchAOBaseTensor.__tensor_flatten__(weight)
+    assert weight.__tensor_flatten__()[1] is weight.__tensor_flatten__()[1]  # built once
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    linear = torch.compile(lambda x, w: F.linear(x, w), backend=counter, fullgraph=True)
+    x = torch.randn(3, 128)
+    for w in (weight, same_format):
+        torch.testing.assert_close(linear(x, w), F.linear(x, w))
+    assert counter.frame_count == 1
+    torch.testing.assert_close(linear(x, symmetric), F.linear(x, symmetric))
+    assert counter.frame_count == 2

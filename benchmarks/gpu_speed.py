@@ -44,6 +44,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor, disable_projection_fusion, enable_projection_fusion  # noqa: E402
+from sinq_ao.decode import capture
 from sinq_ao.kernels import (  # noqa: E402
     GEMV_MAX_BLOCK_M,
     MMA_MAX_M,
@@ -350,15 +351,8 @@ class GraphedDecodeStep:
         self.cache = cache
         self.token = token.clone()
         self.position = torch.tensor([position], device="cuda")
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # compile and warm up (writes the cache at `position`, rewritten by the first step)
-                self._run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.next_token = self._run()
+        # compile and warm up (these steps write the cache), then capture: sinq_ao.decode's helper
+        self.graph, self.next_token = capture(self._run)
 
     def _run(self):
         logits = self.compiled(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,

@@ -8,6 +8,7 @@
 from . import fusion, serialization
 from .calibration import asinq_quantize_, calibration_tokens
 from .config import SINQConfig, sinq_config, skip_lm_head
+from .decode import GraphedDecoder
 from .fusion import disable_projection_fusion, enable_projection_fusion, grouped_linear
 from .mixed_precision import plan_mixed_precision
 from .quantize import dequantize_weight, quantize_weight
@@ -18,6 +19,7 @@ serialization.register()  # torchao / transformers can now save and load SINQ ch
 fusion.enable_from_environment()  # torch.compile groups q/k/v and gate/up into one GEMV launch each
 
 __all__ = [
+    "GraphedDecoder",
     "SINQConfig",
     "SINQTensor",
     "asinq_quantize_",

@@ -58,19 +58,37 @@ def _kernel_groups(x: torch.Tensor, weights: tuple[SINQTensor, ...]) -> bool:
     return kernels.group_supported(x.reshape(-1, x.shape[-1]), parts, first.bits, first.group_size)
 
 
+_INPLACE_OPERATORS = {"setitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
+                      "ixor", "ilshift", "irshift", "imatmul"}  # fmt: skip
+
+
+def _may_mutate_inputs(node: torch.fx.Node) -> bool:
+    """Whether a node of the (not functionalized) pre-grad graph may write to its inputs: in-place methods and
+    functions (``add_``, ``x[i] = v``, ``x += y``), ``out=`` arguments, submodule calls."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    inplace = (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_OPERATORS
+    return node.op == "call_module" or "out" in node.kwargs or (node.op in ("call_method", "call_function") and inplace)
+
+
 def group_projections(graph: torch.fx.Graph) -> None:
     """Replace bias-free ``F.linear`` nodes that share their input and have untransposed SINQ weights of one format
-    by :func:`grouped_linear` nodes (up to GROUP_MAX linears each, in graph order) plus ``getitem`` nodes."""
-    groups: dict[tuple, list[torch.fx.Node]] = {}
+    by :func:`grouped_linear` nodes (up to GROUP_MAX linears each, in graph order) plus ``getitem`` nodes. A node
+    that may write to the shared input ends the run of linears before it (the grouped call runs at the first)."""
+    runs: dict[tuple, list[torch.fx.Node]] = {}
+    closed: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for node in graph.nodes:
+        if _may_mutate_inputs(node):
+            for key in [key for key in runs if key[0] in node.all_input_nodes]:
+                closed.append((key[0], runs.pop(key)))
         if node.op != "call_function" or node.target not in _LINEARS or node.kwargs:
             continue
         x, weight, *rest = node.args
         value = weight.meta.get("example_value") if isinstance(weight, torch.fx.Node) else None
         if any(r is not None for r in rest) or not isinstance(value, SINQTensor) or value.transposed:
             continue
-        groups.setdefault((x, _format(value)), []).append(node)
-    for (x, _), nodes in groups.items():
+        runs.setdefault((x, _format(value)), []).append(node)
+    closed += [(key[0], nodes) for key, nodes in runs.items()]
+    for x, nodes in closed:
         for start in range(0, len(nodes) - 1, kernels.GROUP_MAX):
             chunk = nodes[start : start + kernels.GROUP_MAX]
             if len(chunk) > 1:

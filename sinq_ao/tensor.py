@@ -70,8 +70,9 @@ class SINQTensor(TorchAOBaseTensor):
 
     def __tensor_flatten__(self):
         """(inner tensor names, metadata). The metadata dict is built once per tensor (its attributes are not changed
-        after construction): torch.compile's guards flatten every SINQ weight on every call of a compiled model, and
-        building it each time cost ~10 µs per weight (docs/results.md, "Guards")."""
+        after construction): torch.compile's guards and its runtime unwrapping flatten every SINQ weight on every
+        call of a compiled model; building it each time cost ~6 µs per weight and call in the guards alone on an
+        H100 host (docs/results.md, "v8: where the time goes under torch.compile's CUDA graphs")."""
         metadata = self.__dict__.get("_flat_metadata")
         if metadata is None:
             metadata = self._flat_metadata = {name: getattr(self, name) for name in self.tensor_attribute_names}

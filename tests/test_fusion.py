@@ -100,6 +100,35 @@ def test_pass_groups_only_bias_free_sinq_linears_of_one_format(monkeypatch):
     assert relative_error(compiled, eager) < 1e-5
 
 
+class _MutatedBetween(torch.nn.Module):
+    """Three SINQ linears on one input, which is written in place after the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(128, 64, bias=False) for _ in range(3))
+
+    def forward(self, x):
+        x = x * 1.0  # a graph-internal tensor that may be written in place
+        first = self.a(x)
+        x.add_(1.0)
+        return first, self.b(x), self.c(x)
+
+
+def test_pass_does_not_group_across_a_write_to_the_shared_input(monkeypatch):
+    seen = _spy_groups(monkeypatch)
+    torch.manual_seed(0)
+    model = _MutatedBetween().eval()
+    quantize_(model, SINQConfig(bits=4, group_size=64))
+    x = torch.randn(2, 128)
+    torch._dynamo.reset()
+    with torch.no_grad(), NO_CACHES:
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    assert seen == [[2]]  # b and c, after the write; not a
+    for c, e in zip(compiled, eager, strict=True):
+        assert relative_error(c, e) < 1e-5
+
+
 def test_grouped_linear_equals_the_separate_linears_on_cpu():
     torch.manual_seed(0)
     weights = [SINQTensor.from_hp(torch.randn(n, 128), bits=4, group_size=64) for n in (64, 32, 32)]

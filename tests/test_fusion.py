@@ -138,6 +138,18 @@ def test_grouped_linear_equals_the_separate_linears_on_cpu():
         assert torch.equal(y, torch.nn.functional.linear(x, w))
 
 
+def test_grouped_launch_refuses_a_k_split_and_bad_block_sizes_by_name():
+    w = SINQTensor.from_hp(torch.randn(16, 128), bits=4, group_size=64)
+    parts = [(w.qdata, w.scale, w.zero_point, w.act_pre_scale)] * 2
+    x, ys = torch.randn(1, 128), [torch.empty(1, 16), torch.empty(1, 16)]
+    with pytest.raises(ValueError, match="does not split K.*split_k=2"):
+        kernels.launch_group(x, parts, ys, 4, 64, config=kernels.LaunchConfig(8, 2, split_k=2))
+    with pytest.raises(ValueError, match="block_n=6 must be a power of two"):
+        kernels.launch_group(x, parts, ys, 4, 64, config=kernels.LaunchConfig(6, 2))
+    assert not kernels.group_supported(x, parts[:1], 4, 64)  # one weight: nothing to group
+    assert not kernels.group_supported(torch.randn(3, 128), parts, 4, 64)  # more rows than the GEMV takes
+
+
 @requires_cuda
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

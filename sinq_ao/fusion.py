@@ -74,8 +74,7 @@ def group_projections(graph: torch.fx.Graph) -> None:
     """Replace bias-free ``F.linear`` nodes that share their input and have untransposed SINQ weights of one format
     by :func:`grouped_linear` nodes (up to GROUP_MAX linears each, in graph order) plus ``getitem`` nodes. A node
     that may write to the shared input ends the run of linears before it (the grouped call runs at the first); a
-    write through a view of the input, between two of the linears, is not seen (no transformers model we know
-    does that)."""
+    write through a view of the input, between two of the linears, is not seen (transformers' Llama has none)."""
     runs: dict[tuple, list[torch.fx.Node]] = {}
     closed: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for node in graph.nodes:

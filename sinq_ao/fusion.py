@@ -55,7 +55,7 @@ def _kernel_groups(x: torch.Tensor, weights: tuple[SINQTensor, ...]) -> bool:
     ):
         return False
     parts = [(w.qdata, w.scale, w.zero_point, w.act_pre_scale) for w in weights]
-    return kernels.group_supported(x.reshape(-1, x.shape[-1]), parts, first.bits, first.group_size)
+    return kernels.group_supported(x.reshape(-1, x.shape[-1]), parts)
 
 
 _INPLACE_OPERATORS = {"setitem", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",

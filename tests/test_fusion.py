@@ -146,8 +146,8 @@ def test_grouped_launch_refuses_a_k_split_and_bad_block_sizes_by_name():
         kernels.launch_group(x, parts, ys, 4, 64, config=kernels.LaunchConfig(8, 2, split_k=2))
     with pytest.raises(ValueError, match="block_n=6 must be a power of two"):
         kernels.launch_group(x, parts, ys, 4, 64, config=kernels.LaunchConfig(6, 2))
-    assert not kernels.group_supported(x, parts[:1], 4, 64)  # one weight: nothing to group
-    assert not kernels.group_supported(torch.randn(3, 128), parts, 4, 64)  # more rows than the GEMV takes
+    assert not kernels.group_supported(x, parts[:1])  # one weight: nothing to group
+    assert not kernels.group_supported(torch.randn(3, 128), parts)  # more rows than the GEMV takes
 
 
 @requires_cuda

@@ -329,7 +329,7 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
 GROUP_MAX = 3  # weights per grouped GEMV launch (a layer's q, k and v projections)
 
 
-def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], bits: int, group_size: int) -> bool:
+def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]]) -> bool:
     """Whether one grouped GEMV launch takes these (qdata, scale, zero_point, act_pre_scale) weights: 2 to GROUP_MAX
     of them on x's device in one format with the same strides, and at most GEMV_MAX_M activation rows."""
     if not 2 <= len(weights) <= GROUP_MAX or x.shape[0] > GEMV_MAX_M or x.stride(-1) != 1:

@@ -29,7 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import LLAMA3_8B, build_llama, greedy_decode, log, quantize_variant, write_results
+from benchmarks.gpu_speed import (
+    PROMPT_TOKENS,
+    build_llama,
+    greedy_decode,
+    log,
+    prefill,
+    quantize_variant,
+    write_results,
+)
 from sinq_ao import SINQTensor
 
 VARIANTS = ["bf16", "sinq", "tinygemm", "sinq-uncached-flatten"]
@@ -46,7 +54,6 @@ SUFFIXES = ("-skipguards", "-freezing", "-staticlaunch")
 @torch.no_grad()
 def bench(variant: str, layers: int, tokens: int, cudagraphs: bool) -> dict:
     from torchao.utils import TorchAOBaseTensor
-    from transformers import StaticCache
 
     base = variant
     for suffix in SUFFIXES:
@@ -62,12 +69,10 @@ def bench(variant: str, layers: int, tokens: int, cudagraphs: bool) -> dict:
     try:
         model = build_llama(layers)
         quantize_variant(model, "sinq" if base.startswith("sinq") else base)
-        prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")
-        cache = StaticCache(config=model.config, max_cache_len=16 + 2 * tokens + 16)
-        logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
+        cache, token = prefill(model, PROMPT_TOKENS + 2 * tokens + 16)
         step = torch.compile(model, fullgraph=True, options=options)
         start = time.perf_counter()
-        token, position = greedy_decode(step, cache, logits[:, -1:].argmax(-1), 3, 16)  # compile + graph capture
+        token, position = greedy_decode(step, cache, token, 3, PROMPT_TOKENS)  # compile + graph capture
         torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()

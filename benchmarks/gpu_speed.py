@@ -333,6 +333,22 @@ def quantize_variant(model, variant: str):
                   filter_fn=skip_lm_head)  # fmt: skip
 
 
+PROMPT_TOKENS = 16  # the decode benchmarks' prompt
+
+
+def prefill(model, max_cache_len: int):
+    """A transformers StaticCache of ``max_cache_len`` positions holding a random PROMPT_TOKENS-token prompt, run
+    through the (uncompiled) model, and the prompt's greedy next token."""
+    from transformers import StaticCache
+
+    device = next(model.parameters()).device
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    positions = torch.arange(PROMPT_TOKENS, device=device)
+    logits = model(input_ids=prompt, past_key_values=cache, cache_position=positions).logits
+    return cache, logits[:, -1:].argmax(-1)
+
+
 def greedy_decode(step, cache, token, count: int, position: int):
     """``count`` greedy steps of the compiled model from ``position``; returns the last token and next position."""
     for i in range(count):
@@ -371,10 +387,10 @@ class GraphedDecodeStep:
 def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[list[dict], list[dict]]:
     """GPU time per decode step of each kernel (by name) in the captured step's CUDA graph, largest first (also
     printed), and the last step's kernels in launch order with their times."""
-    graphed.decode(token, 2, 16)
+    graphed.decode(token, 2, PROMPT_TOKENS)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        graphed.decode(token, steps, 16)
+        graphed.decode(token, steps, PROMPT_TOKENS)
         torch.cuda.synchronize()
     kernels = [{"name": e.key[:120], "calls": e.count / steps, "us": e.self_device_time_total / steps}
                for e in prof.key_averages() if e.self_device_time_total > 0]  # fmt: skip
@@ -390,8 +406,6 @@ def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[lis
 
 @torch.no_grad()
 def bench_decode(args) -> list[dict]:
-    from transformers import StaticCache
-
     rows = []
     for variant in args.variants:
         # sinq-unfused: each projection its own launch (sinq groups q/k/v and gate/up: sinq_ao.fusion)
@@ -405,24 +419,21 @@ def bench_decode(args) -> list[dict]:
             subclass_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
             for p in model.parameters()
         ) / 2**30
-        prompt = torch.randint(0, LLAMA3_8B["vocab_size"], (1, 16), device="cuda")
         # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
         spare = 24 if args.profile else 8
-        cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + args.tokens + spare)
-        logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(16, device="cuda")).logits
-        token = logits[:, -1:].argmax(-1)
+        cache, token = prefill(model, PROMPT_TOKENS + args.tokens + spare)
         compile_start = time.perf_counter()
         graphed = step = None
         if args.graph == "manual":
-            graphed = GraphedDecodeStep(model, cache, token, 16)
-            token, position = graphed.decode(token, 3, 16)
+            graphed = GraphedDecodeStep(model, cache, token, PROMPT_TOKENS)
+            token, position = graphed.decode(token, 3, PROMPT_TOKENS)
             run = graphed.decode
         else:
             if args.mark_static:
                 for param in model.parameters():
                     _mark_static(param)
             step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-            token, position = greedy_decode(step, cache, token, 3, 16)  # compile + graph capture
+            token, position = greedy_decode(step, cache, token, 3, PROMPT_TOKENS)  # compile + graph capture
             run = functools.partial(greedy_decode, step, cache)  # run(token, count, position), as graphed.decode
         torch.cuda.synchronize()
         compile_s = time.perf_counter() - compile_start

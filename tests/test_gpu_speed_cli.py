@@ -68,3 +68,21 @@ def test_rotating_copies_clone_every_inner_tensor_and_overflow_l2(monkeypatch):
     copies = gpu_speed.rotating_copies(dense)
     assert len(copies) == 4 and all(torch.equal(c, dense) for c in copies)
     assert len({c.data_ptr() for c in copies}) == 4
+
+
+def test_decode_benchmarks_prefill_a_static_cache_with_the_prompt():
+    """gpu_speed.prefill, shared by the decode benchmarks: the cache holds PROMPT_TOKENS positions, and the next
+    token is the model's greedy choice after them (on CPU here, on the model's device there)."""
+    from benchmarks.gpu_speed import PROMPT_TOKENS, prefill
+    from tests.test_model import tiny_llama
+
+    model = tiny_llama()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        cache, token = prefill(model, PROMPT_TOKENS + 8)
+    assert token.shape == (1, 1) and 0 <= int(token) < model.config.vocab_size
+    assert int(cache.get_seq_length()) == PROMPT_TOKENS
+    torch.manual_seed(3)  # the same prompt, run without a cache
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS))
+    with torch.no_grad():
+        assert int(token) == int(model(prompt).logits[0, -1].argmax())

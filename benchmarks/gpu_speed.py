@@ -5,6 +5,7 @@
                                            [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
                                            [--variants bf16 sinq sinq-unfused tinygemm] [--mark-static] [--profile]
+    python benchmarks/gpu_speed.py groups  [--sweep] [--ms 1 2]
     python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
@@ -21,6 +22,9 @@ decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (ran
             SINQ 4-bit g64 (q/k/v and gate/up grouped into one launch each; sinq-unfused: not grouped) and torchao
             Int4WeightOnlyConfig (tinygemm). --profile (manual graph) adds each kernel's
             GPU time per step and the last step's kernels in launch order.
+groups:     the grouped GEMV (one launch for the weights that share an input) on the 8B shape's q + k + v and
+            gate + up, against one launch per weight, kernel time per call (kernel_time_us) over copies that
+            overflow L2; --sweep also times candidate block sizes (group_candidates).
 quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run;
             --sweep also times the Sinkhorn kernel's block sizes on each weight shape.
 """
@@ -52,9 +56,11 @@ from sinq_ao.kernels import (  # noqa: E402
     MmaConfig,
     TileConfig,
     default_gemm_config,
+    default_group_config,
     default_tile_config,
     even_split,
     launch,
+    launch_group,
 )
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
@@ -173,6 +179,61 @@ def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
             for depth in stages:
                 configs.append(LaunchConfig(block_n, groups, split, warps, block_m, depth))
     return configs
+
+
+def group_candidates(m):
+    """Grouped-GEMV configurations tried by --sweep (K unsplit): rows per program, groups per step (64-code groups:
+    8 words each at 4 bits), warps and pipeline depth."""
+    block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)
+    shapes = [(8, 4, 1), (8, 8, 1), (8, 8, 2), (8, 16, 2), (16, 2, 1), (16, 4, 1), (16, 4, 2), (16, 8, 1), (16, 8, 2),
+              (32, 2, 1), (32, 4, 2)]  # fmt: skip
+    return [LaunchConfig(block_n, groups, 1, warps, block_m, depth) for block_n, groups, warps in shapes
+            for depth in (2, 3, 4)]
+
+
+GROUPS_8B = {"q+k+v": (4096, 1024, 1024), "gate+up": (14336, 14336)}  # out features; K = 4096 for both
+
+
+def bench_groups(args) -> list[dict]:
+    rows = []
+    torch.manual_seed(0)
+    ms = [m for m in args.ms if m <= 2] or [1]
+    for name, ns in GROUPS_8B.items():
+        k = 4096
+        copies = copies_for(sum(ns) * k // 2)
+        sets = [[SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+                 for n in ns] for _ in range(copies)]  # fmt: skip
+        inner = [[(w.qdata, w.scale, w.zero_point, w.act_pre_scale) for w in ws] for ws in sets]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ys = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for n in ns]
+
+            def grouped(config=None, x=x, ys=ys, inner=inner):
+                return [lambda ws=ws: launch_group(x, ws, ys, 4, 64, config=config) for ws in inner]
+
+            separate = [lambda ws=ws, x=x, ys=ys: [launch(x, *w, None, y, 4, 64) for w, y in zip(ws, ys, strict=True)]
+                        for ws in inner]  # fmt: skip
+            default = default_group_config(m, sum(ns), k, 4, 64, torch.cuda.get_device_properties(0).multi_processor_count)
+            row = {"group": name, "ns": list(ns), "K": k, "M": m, "separate_us": kernel_time_us(separate, repeats=10),
+                   "default": default._asdict(), "grouped_us": kernel_time_us(grouped(), repeats=10)}  # fmt: skip
+            if args.sweep:
+                for config in group_candidates(m):
+                    try:
+                        us = kernel_time_us(grouped(config), repeats=10)
+                    except triton.runtime.errors.OutOfResources:
+                        continue
+                    row.setdefault("candidates", []).append({**config._asdict(), "us": us})
+                row["candidates"].sort(key=lambda c: c["us"])
+            rows.append(row)
+            log(json.dumps(row))
+        del sets, inner
+        torch.cuda.empty_cache()
+    log(f"\n{'group':>8} {'M':>3} {'separate µs':>11} {'grouped µs':>10} {'best cfg µs':>11}")
+    for r in rows:
+        best = r["candidates"][0] if r.get("candidates") else {}
+        log(f"{r['group']:>8} {r['M']:>3} {r['separate_us']:11.2f} {r['grouped_us']:10.2f} "
+            f"{best.get('us', float('nan')):11.2f} {best}")  # fmt: skip
+    return rows
 
 
 def gemm_candidates(m, n, k, bits):
@@ -536,7 +597,7 @@ def layer_shape(text: str) -> tuple[int, int]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["layers", "decode", "quant-time"])
+    parser.add_argument("what", choices=["layers", "decode", "groups", "quant-time"])
     parser.add_argument("--sweep", action="store_true", help="also time candidate kernel block sizes (layers)")
     parser.add_argument("--kernels", nargs="+", choices=KERNEL_FAMILIES, default=list(KERNEL_FAMILIES),
                         help="kernel families whose configurations --sweep tries (layers)")
@@ -565,7 +626,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    rows = {"layers": bench_layers, "decode": bench_decode, "quant-time": bench_quant_time}[args.what](args)
+    rows = {"layers": bench_layers, "decode": bench_decode, "groups": bench_groups,
+            "quant-time": bench_quant_time}[args.what](args)
     if args.out:
         write_results(args.out, rows, what=args.what)
 

@@ -164,11 +164,22 @@ def test_grouped_gemv_matches_reference_on_gpu_over_random_shapes(bits, dtype):
         assert error < 1e-2, (bits, m, ns, k, error)
 
 
+def test_default_group_config_takes_16_rows_for_many_blocks_and_64_word_steps_otherwise():
+    """The two regimes of default_group_config, on the 8B shape's gate + up and q + k + v (132 SMs), 4-bit g64."""
+    many = kernels.default_group_config(1, 2 * 14336, 4096, 4, 64, sm_count=132)
+    few = kernels.default_group_config(1, 4096 + 2 * 1024, 4096, 4, 64, sm_count=132)
+    assert (many.block_n, many.groups_per_step, many.num_warps, many.split_k) == (16, 4, 1, 1)
+    assert (few.block_n, few.groups_per_step, few.num_warps, few.split_k) == (8, 8, 2, 1)
+    # steps are counted in words: the same shapes at 2 bits take twice the groups per step
+    assert kernels.default_group_config(1, 2 * 14336, 4096, 2, 64, sm_count=132).groups_per_step == 8
+
+
 @requires_cuda
 def test_grouped_gemv_default_for_many_rows_matches_reference_on_gpu():
-    """gate + up of the 8B shape: default_group_config's 32-word steps (24 or more row blocks per SM)."""
+    """gate + up of the 8B shape: default_group_config's 16-row programs with 32-word steps (24 or more blocks of 8
+    rows per SM)."""
     config = kernels.default_group_config(1, 2 * 14336, 4096, 4, 64, kernels._sm_count(torch.device("cuda")))
-    assert config.groups_per_step * 64 * 4 // 32 == 32
+    assert (config.block_n, config.groups_per_step * 64 * 4 // 32) == (16, 32)
     assert group_relative_error(4, 1, (14336, 14336), 4096, 64, torch.bfloat16, "cuda") < 1e-2
 
 

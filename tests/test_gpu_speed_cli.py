@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.gpu_speed import layer_shape, sweep_candidates, write_results
+from benchmarks.gpu_speed import group_candidates, layer_shape, sweep_candidates, write_results
 from sinq_ao.kernels import LaunchConfig, MmaConfig, _check_config
 
 
@@ -41,6 +41,15 @@ def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
         expected |= {"GemmConfig"} if m > 8 else set()  # block heights (>= 16) below 2 M
         expected |= {"TileConfig"} if m >= 32 else set()  # its block heights (>= 64) at most 2 M
         assert kinds == expected, m
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_every_grouped_sweep_candidate_is_accepted_and_leaves_k_whole(m):
+    configs = group_candidates(m)
+    for config in configs:
+        _check_config(config)
+        assert config.split_k == 1 and config.block_m == m
+    assert len(set(configs)) == len(configs)
 
 
 def test_results_are_written_whole_with_their_command_and_device(tmp_path):

@@ -32,15 +32,18 @@ def test_kernels_compile_for_hopper_without_a_gpu(bits):
 @requires_triton
 def test_hopper_build_runs_wgmma_in_the_tensor_core_loop_and_lop3_in_the_gemv_loop():
     """The sm_90 SASS (benchmarks/sass_count.py): the tensor-core kernel's K loop issues wgmma (HGMMA), and the
-    GEMV's unpacks each code with one LOP3 (inline PTX) and meets it with one FFMA."""
+    GEMV's makes each code with one LOP3 (its subnormal float: an `and`) and meets it with one FFMA, with no
+    instruction that flushes subnormals to zero (.FTZ), which would zero every code."""
     from benchmarks.sass_count import KERNELS, longest_loop, sass_of
 
     kernel, constants, warps, stages = KERNELS["gemm"]
     assert "HGMMA" in {op.split(".")[0] for op in longest_loop(sass_of(kernel, constants, warps, stages))}
     kernel, constants, warps, stages = KERNELS["gemv"]
-    loop = [op.split(".")[0] for op in longest_loop(sass_of(kernel, constants, warps, stages))]
+    sass = sass_of(kernel, constants, warps, stages)
+    loop = [op.split(".")[0] for op in longest_loop(sass)]
     codes_per_thread = constants["BLOCK_N"] * constants["GROUPS_PER_STEP"] * constants["GROUP"] // 32  # 1 warp
     assert loop.count("LOP3") == codes_per_thread and loop.count("FFMA") >= codes_per_thread
+    assert ".FTZ" not in sass
 
 
 @requires_triton

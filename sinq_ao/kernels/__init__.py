@@ -343,14 +343,16 @@ def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]]) ->
 
 
 def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
-    """Block sizes of the grouped GEMV over n rows in all: ``default_config``'s without a K split, and 32 words per
-    step from 24 row blocks per SM (benchmarks/results/h100/group_sweep_v8.json, kernel time at M = 1 on an H100:
-    gate + up of the 8B shape, 28672 x 4096, 34.2 us against 38.7 with 64 words; q + k + v, 6144 x 4096, 10.7 us
-    with the default, best 10.3)."""
+    """Block sizes of the grouped GEMV over n rows in all, K unsplit: with at least 24 blocks of 8 rows per SM,
+    16 rows per program and 32-word steps with one warp, else 8 rows and 64-word steps with two warps (sweep of
+    the subnormal-code kernel, benchmarks/results/h100/gemv_ab_v9.json, kernel time at M = 1 on an H100: gate +
+    up of the 8B shape, 28672 x 4096, 32.1 us against 34.9 for 8 rows; q + k + v, 6144 x 4096, 10.1 us against
+    10.8 for 128-word steps)."""
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
-    if -(-n // config.block_n) >= 24 * sm_count:
-        config = config._replace(groups_per_step=max(1, 32 // (group_size * bits // 32)))
-    return config
+    words_per_group = max(1, group_size * bits // 32)
+    if -(-n // 8) >= 24 * sm_count:
+        return config._replace(block_n=16, groups_per_step=max(1, 32 // words_per_group), num_warps=1)
+    return config._replace(block_n=8, groups_per_step=max(1, 64 // words_per_group), num_warps=2)
 
 
 def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):

@@ -8,26 +8,31 @@ launch:
 ``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
 a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group). It loads
 x and t for each code position as [1, GROUPS, WORDS_PER_GROUP] tiles (contiguous, one step ahead of their use),
-forms xs = (t ⊙ x) · 2^-e(p) in fp32, and per word f and row n accumulates
+forms xs_p = (t ⊙ x)_p · 2^(85 − d(p)) in fp32, and per word f and row n accumulates
 
-    s[n, g] (Σ_p (2^23 + Q[n, k_p] 2^e(p)) xs_p − 2^23 Σ_p xs_p − z[n, g] Σ_p (t ⊙ x)_p) = s Σ_p (Q − z)(t ⊙ x)
+    s[n, g] · (Σ_p Q[n, k_p] 2^(d(p) − 149) · xs_p − 2^-64 z[n, g] Σ_p (t ⊙ x)_p) = 2^-64 s Σ_p (Q − z)(t ⊙ x)
 
-(k_p the column of code p), the dot starting at the last two terms; the [row, group, word] accumulator is
-reduced once, after the loop.
+(k_p the column of code p), the dot starting at the last term; the [row, group, word] accumulator is reduced
+once, after the loop, and scaled by 2^64.
 
-Codes become floats without a shift per code, an int->float conversion or a subtraction: each byte of a word is
-shifted once to bits 15..22, and one and-or (a single ``lop3``) per code keeps the code's field, at bit e(p) =
-15 + BITS · (p mod 8/BITS), and sets the bits of 2^23, giving the float 2^23 + Q · 2^e(p) exactly. The 2^-e(p)
-in xs scales the field back; with the field at bit 15 or above, the bias is at most 2^8 times the code, so the
-fp32 sums lose at most 8 of their 24 bits. All activation rows of a block (BLOCK_M of them) share each unpacked
-code, so small batches read the weight once. With SPLIT_K > 1, K slices (whole groups) write fp32 partial sums,
-and the last slice of each block to finish adds them up in slice order (deterministic; one counter per block,
-zeroed by the launcher; no reduction launch).
+Codes become floats without an int->float conversion, a subtraction, or a shift per code: a code's field, with
+the exponent bits zero, is the subnormal float Q · 2^(d(p) − 149), so one `and` per code makes it. The fields
+that end at bit 22 or below (the first 23 // BITS of a word) are masked in place (d(p) = BITS · p); the others
+come from the word shifted right once by (23 // BITS) · BITS. Products Q · 2^(d − 149) · xs are exact and
+normal, so nothing of the fp32 sums is lost to a bias (the tensor-core kernels still use the biased 2^23 + Q
+form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to flush them to zero, which
+is how Triton compiles (no .ftz; tests/test_kernels.py checks the sm_90 build). All activation rows of a block
+(BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K > 1, K slices
+(whole groups) write fp32 partial sums, and the last slice of each block to finish adds them up in slice order
+(deterministic; one counter per block, zeroed by the launcher; no reduction launch).
 
 Up to MMA_MAX_M rows at 4 bits (2 bits with groups of 128 or more) run ``sinq_mma_kernel`` on the tensor cores,
 the codes unscaled as the register operand (its docstring), after ``mma_activations_kernel``: two launches.
-Other formats and more rows run ``sinq_gemm_kernel`` (its docstring), which dequantizes the same codes with one
-fma each (s · 2^-e and −s · (z + 2^(23 − e)) per group) and reduces split-K slices with ``splitk_reduce_kernel``.
+Other formats and more rows run ``sinq_gemm_kernel`` (its docstring), which dequantizes the codes with one fma
+each: each byte of a word is shifted once to bits 15..22, one ``lop3`` per code keeps the code's field, at bit
+e(p) = 15 + BITS · (p mod 8/BITS), and sets the bits of 2^23, giving the float 2^23 + Q · 2^e(p) exactly, and
+the fma with s · 2^-e and −s · (z + 2^(23 − e)) per group removes the bias; split-K slices are reduced with
+``splitk_reduce_kernel``.
 ``sinq_tile_kernel`` (after ``tile_activations_kernel``) takes 4-bit products of many rows on wide weights with the
 product not swapped (its docstring). ``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
@@ -64,6 +69,50 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
                                          dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
     else:  # the interpreter and AMD GPUs run no PTX
         return (shifted & FIELD) | MAGIC
+
+
+@triton.constexpr_function
+def field_bit(p, bits):
+    """d(p): the bit where code p's field starts in the GEMV's source word: its own place in the packed word for
+    the positions whose field ends at bit 22 or below (the first 23 // bits), else its place in the word shifted
+    right by (23 // bits) · bits. A field there, with the float's exponent bits zero, is the subnormal float
+    Q · 2^(d(p) − 149)."""
+    return bits * (p if p < 23 // bits else p - 23 // bits)
+
+
+@triton.constexpr_function
+def activation_scale(p, bits):
+    """2^(85 − d(p)): xs_p = (t ⊙ x)_p · 2^(85 − d(p)) times code p's subnormal float is 2^-64 · Q · (t ⊙ x)_p."""
+    return 2.0 ** (85 - bits * (p if p < 23 // bits else p - 23 // bits))  # d(p) as in field_bit
+
+
+@triton.constexpr_function
+def power_of_two(e):
+    """The float 2^e (a compile-time constant)."""
+    return 2.0**e
+
+
+@triton.jit
+def _shift_right(words, SHIFT: tl.constexpr, ASM: tl.constexpr):
+    """The words shifted right by SHIFT bits (the top bits as the codes' masks leave them). As inline PTX on the
+    GPU: a plain shift followed by a field's mask at bit 0 becomes a bit-field extract, which ptxas builds from
+    two instructions for that code alone instead of sharing the shift."""
+    if ASM:
+        return tl.inline_asm_elementwise("shr.u32 $0, $1, $2;", "=r,r,n", [words, SHIFT], dtype=tl.int32,
+                                         is_pure=True, pack=1)  # fmt: skip
+    else:
+        return words >> SHIFT
+
+
+@triton.jit
+def _subnormal_code(words, high, P: tl.constexpr, BITS: tl.constexpr):
+    """The float Q · 2^(d(P) − 149) for code P of each word: one `and` (``high`` is the words shifted right by
+    (23 // BITS) · BITS, shared by the positions past the first 23 // BITS)."""
+    FIELD: tl.constexpr = ((1 << BITS) - 1) << field_bit(P, BITS)
+    if P < 23 // BITS:
+        return (words & FIELD).to(tl.float32, bitcast=True)
+    else:
+        return (high & FIELD).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -190,25 +239,23 @@ def _gemv_block(
         # the next step's (the last step re-reads its own: in bounds, unused)
         following = _step_activations(x_ptr, t_ptr, tl.minimum(w0 + STEP, last - STEP) if EVEN_K else w0 + STEP,
                                       wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)  # fmt: skip
-        xs = ()  # xs = (t ⊙ x) · 2^-e(p), per activation row mi and code position p (index mi · PER + p)
+        xs = ()  # xs = (t ⊙ x) · 2^(85 − d(p)), per activation row mi and code position p (index mi · PER + p)
         for mi in tl.static_range(BLOCK_M):
             for p in tl.static_range(PER):
-                scale = 1.0 / (1 << exponent(p, BITS))  # exactly 2^-e(p)
-                xs = xs + (acts[PER * (1 + mi) + p].to(tl.float32) * (acts[p].to(tl.float32) * scale),)
+                xs = xs + (acts[PER * (1 + mi) + p].to(tl.float32) * (acts[p].to(tl.float32) * activation_scale(p, BITS)),)
         acts = following
-        # Each word's dot starts at minus the codes' bias 2^23 · Σ_p xs and the zero-point's z · Σ_p (t ⊙ x)
-        # (Σ over the word's codes), so that after its codes it holds Σ_p (Q − z) (t ⊙ x) for that word.
+        # Each word's dot starts at −z · 2^-64 · Σ_p (t ⊙ x)_p (Σ over the word's codes), so that after its codes,
+        # each adding Q · 2^(d(p) − 149) · xs_p = 2^-64 · Q · (t ⊙ x)_p, it holds 2^-64 · Σ_p (Q − z) (t ⊙ x)_p.
+        z_low = z * power_of_two(-64)
         dots = ()
         for mi in tl.static_range(BLOCK_M):
-            bias_sum = xs[mi * PER]
-            x_sum = xs[mi * PER] * (1 << exponent(0, BITS))
+            x_sum = xs[mi * PER] * (1.0 / activation_scale(0, BITS))
             for p in tl.static_range(1, PER):
-                bias_sum += xs[mi * PER + p]
-                x_sum += xs[mi * PER + p] * (1 << exponent(p, BITS))
-            dots = dots + (-(z * x_sum + bias_sum * (1 << 23)),)
+                x_sum += xs[mi * PER + p] * (1.0 / activation_scale(p, BITS))
+            dots = dots + (-(z_low * x_sum),)
+        high = _shift_right(words, (23 // BITS) * BITS, ASM)  # the fields that do not fit below bit 23
         for p in tl.static_range(PER):
-            # The float 2^23 + Q · 2^e(p): xs carries the 2^-e(p), and the start value the bias.
-            code = _code_bits(words, p, BITS, ASM).to(tl.float32, bitcast=True)
+            code = _subnormal_code(words, high, p, BITS)
             updated = ()
             for mi in tl.static_range(BLOCK_M):
                 updated = updated + (dots[mi] + code * xs[mi * PER + p],)
@@ -221,7 +268,7 @@ def _gemv_block(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     for mi in tl.static_range(BLOCK_M):
-        y = tl.sum(tl.sum(accs[mi], axis=2), axis=1)  # [BLOCK_N]
+        y = tl.sum(tl.sum(accs[mi], axis=2), axis=1) * power_of_two(64)  # [BLOCK_N]
         out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
         if PARTIAL:
             tl.store(out_ptr + split * stride_osplit + (m0 + mi) * stride_om + rows, y, mask=out_mask)

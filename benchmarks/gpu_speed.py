@@ -3,7 +3,8 @@
     python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma tile] [--gemv-stages 1 3 4]]
                                            [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--timer graph|kernels]
                                            [--out results.json]
-    python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead]
+    python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead|decoder]
+                                           [--pdl]
                                            [--variants bf16 sinq sinq-unfused tinygemm] [--mark-static] [--profile]
     python benchmarks/gpu_speed.py groups  [--sweep] [--ms 1 2]
     python benchmarks/gpu_speed.py quant-time [--sweep]
@@ -20,7 +21,8 @@ decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (ran
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
             SINQ 4-bit g64 (q/k/v and gate/up grouped into one launch each; sinq-unfused: not grouped) and torchao
-            Int4WeightOnlyConfig (tinygemm). --profile (manual graph) adds each kernel's
+            Int4WeightOnlyConfig (tinygemm); --graph decoder times sinq_ao.GraphedDecoder.generate instead, and
+            --pdl compiles with Inductor's programmatic dependent launch. --profile (manual graph) adds each kernel's
             GPU time per step and the last step's kernels in launch order.
 groups:     the grouped GEMV (one launch for the weights that share an input) on the 8B shape's q + k + v and
             gate + up, against one launch per weight, kernel time per call (kernel_time_us) over copies that
@@ -42,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 import triton
 
@@ -213,7 +216,8 @@ def bench_groups(args) -> list[dict]:
 
             separate = [lambda ws=ws, x=x, ys=ys: [launch(x, *w, None, y, 4, 64) for w, y in zip(ws, ys, strict=True)]
                         for ws in inner]  # fmt: skip
-            default = default_group_config(m, sum(ns), k, 4, 64, torch.cuda.get_device_properties(0).multi_processor_count)
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            default = default_group_config(m, sum(ns), k, 4, 64, sms)
             row = {"group": name, "ns": list(ns), "K": k, "M": m, "separate_us": kernel_time_us(separate, repeats=10),
                    "default": default._asdict(), "grouped_us": kernel_time_us(grouped(), repeats=10)}  # fmt: skip
             if args.sweep:
@@ -466,6 +470,27 @@ def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[lis
 
 
 @torch.no_grad()
+def time_graphed_decoder(model, tokens: int) -> tuple[float, float, float]:
+    """sinq_ao.GraphedDecoder on a random PROMPT_TOKENS-token prompt: (compile + capture seconds, decode tokens/s,
+    seconds of generate(prompt, tokens)). Tokens/s is (tokens − 1) over generate(tokens) minus generate(1), so the
+    eager prefill both include cancels; what remains is the replay loop a user's generate() runs."""
+    from sinq_ao import GraphedDecoder
+
+    decoder = GraphedDecoder(model, max_cache_len=PROMPT_TOKENS + tokens)
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device="cuda")
+
+    def timed(count: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        decoder.generate(prompt, count)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    compile_s = timed(2)  # compile + capture
+    one, full = timed(1), timed(tokens)
+    return compile_s, (tokens - 1) / (full - one), full
+
+
 def bench_decode(args) -> list[dict]:
     rows = []
     for variant in args.variants:
@@ -480,6 +505,18 @@ def bench_decode(args) -> list[dict]:
             subclass_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
             for p in model.parameters()
         ) / 2**30
+        if args.graph == "decoder":  # the library's GraphedDecoder, timed through generate()
+            compile_s, tokens_per_s, generate_s = time_graphed_decoder(model, args.tokens)
+            row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
+                   "graph": "GraphedDecoder", "generate_s": generate_s, "weights_GiB": weights_gib,
+                   "quantize_s": quant_s, "compile_s": compile_s,
+                   "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
+            rows.append(row)
+            log(json.dumps(row))
+            del model
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+            continue
         # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
         spare = 24 if args.profile else 8
         cache, token = prefill(model, PROMPT_TOKENS + args.tokens + spare)
@@ -504,7 +541,8 @@ def bench_decode(args) -> list[dict]:
         seconds = time.perf_counter() - start
         graph = args.graph + (" (marked static)" if args.mark_static and args.graph != "manual" else "")
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
-               "graph": graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s}  # fmt: skip
+               "graph": graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
+               "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
         if args.profile and graphed is not None:
             row["kernels_per_step"], row["last_step_kernels"] = profile_step(graphed, token)
         rows.append(row)
@@ -611,11 +649,14 @@ def main(argv=None):
                         help="N x K shapes instead of the issue's five, e.g. 4096x4096 1024x4096 (layers)")
     parser.add_argument("--layers", type=int, default=32, help="decoder layers of the 8B-shaped model")
     parser.add_argument("--tokens", type=int, default=128, help="tokens to decode (decode)")
-    parser.add_argument("--graph", choices=["manual", "reduce-overhead"], default="manual",
+    parser.add_argument("--graph", choices=["manual", "reduce-overhead", "decoder"], default="manual",
                         help="decode: capture the compiled step in a CUDA graph by hand, or torch.compile's "
-                        "mode='reduce-overhead' (CUDA graph trees)")
+                        "mode='reduce-overhead' (CUDA graph trees), or run sinq_ao.GraphedDecoder.generate")
     parser.add_argument("--mark-static", action="store_true",
                         help="decode with reduce-overhead: mark every parameter and its inner tensors static")
+    parser.add_argument("--pdl", action="store_true",
+                        help="decode: compile with Inductor's programmatic dependent launch (its Triton kernels may "
+                        "start while the previous kernel finishes; torch._inductor.config.triton.enable_pdl)")
     parser.add_argument("--profile", action="store_true",
                         help="decode: also list each kernel's GPU time per step (torch.profiler, manual graph only)")
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"],
@@ -626,6 +667,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    if args.pdl:
+        torch._inductor.config.triton.enable_pdl = True
     rows = {"layers": bench_layers, "decode": bench_decode, "groups": bench_groups,
             "quant-time": bench_quant_time}[args.what](args)
     if args.out:

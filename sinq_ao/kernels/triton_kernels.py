@@ -242,7 +242,8 @@ def _gemv_block(
         xs = ()  # xs = (t ⊙ x) · 2^(85 − d(p)), per activation row mi and code position p (index mi · PER + p)
         for mi in tl.static_range(BLOCK_M):
             for p in tl.static_range(PER):
-                xs = xs + (acts[PER * (1 + mi) + p].to(tl.float32) * (acts[p].to(tl.float32) * activation_scale(p, BITS)),)
+                t_scaled = acts[p].to(tl.float32) * activation_scale(p, BITS)
+                xs = xs + (acts[PER * (1 + mi) + p].to(tl.float32) * t_scaled,)
         acts = following
         # Each word's dot starts at −z · 2^-64 · Σ_p (t ⊙ x)_p (Σ over the word's codes), so that after its codes,
         # each adding Q · 2^(d(p) − 149) · xs_p = 2^-64 · Q · (t ⊙ x)_p, it holds 2^-64 · Σ_p (Q − z) (t ⊙ x)_p.

@@ -18,8 +18,10 @@ once, after the loop, and scaled by 2^64.
 Codes become floats without an int->float conversion, a subtraction, or a shift per code: a code's field, with
 the exponent bits zero, is the subnormal float Q · 2^(d(p) − 149), so one `and` per code makes it. The fields
 that end at bit 22 or below (the first 23 // BITS of a word) are masked in place (d(p) = BITS · p); the others
-come from the word shifted right once by (23 // BITS) · BITS. Products Q · 2^(d − 149) · xs are exact and
-normal, so nothing of the fp32 sums is lost to a bias (the tensor-core kernels still use the biased 2^23 + Q
+come from the word shifted right once by (23 // BITS) · BITS. Products Q · 2^(d − 149) · xs are exact, so
+nothing of the fp32 sums is lost to a bias. The 2^-64 centres the range on typical activations: xs stays finite
+for |t ⊙ x| below 2^43 (about 8.8e12; beyond, the output is inf or NaN), and only terms |Q · (t ⊙ x)| below
+2^-62 (about 2e-19) become subnormal products, with an absolute error below 2^-85 (the tensor-core kernels still use the biased 2^23 + Q
 form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to flush them to zero, which
 is how Triton compiles (no .ftz; tests/test_kernels.py checks the sm_90 build). All activation rows of a block
 (BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K > 1, K slices

@@ -304,6 +304,12 @@ def _check_config(config: LaunchConfig | GemmConfig | MmaConfig | TileConfig) ->
         raise ValueError(f"{kind} block_n={config.block_n} and block_m={config.block_m} must be at least 16")
 
 
+def _whole_steps(n_words: int, words_per_split: int, split_k: int, step: int, k: int, bits: int) -> bool:
+    """The GEMV's EVEN_K: every K slice is whole steps of ``step`` words, the slices cover the row exactly and no
+    word holds columns past K, so every load is unmasked."""
+    return words_per_split % step == 0 and words_per_split * split_k == n_words and n_words * 32 == k * bits
+
+
 def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
     m, k = x.shape
     n = out.shape[-1]
@@ -315,8 +321,7 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     # split-K counters, one per row block (unused without a split: any int32 buffer will do, no memset)
     counts = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32) if partial else qdata
     words_per_split = triton.cdiv(n_groups, config.split_k) * words_per_group
-    # no partial steps and no columns past K: every load unmasked
-    even_k = words_per_split % step == 0 and words_per_split * config.split_k == n_words and n_words * 32 == k * bits
+    even_k = _whole_steps(n_words, words_per_split, config.split_k, step, k, bits)
     wrap(sinq_gemv_kernel)[grid](
         x, act_pre_scale, qdata, scale, zero_point, bias, out, y, counts, m, n, k, n_words, x.stride(0),
         qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits,
@@ -368,8 +373,7 @@ def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):
     qdata, scale = weights[0][0], weights[0][1]
     n_words = qdata.shape[1]
     words_per_group = group_size * bits // 32
-    step = config.groups_per_step * words_per_group
-    even_k = n_words % step == 0 and n_words * 32 == k * bits
+    even_k = _whole_steps(n_words, n_words, 1, config.groups_per_step * words_per_group, k, bits)
     args = []  # per weight t, Q, s, z, y, N
     for (q, s, z, t), y in zip(weights, ys, strict=True):
         args += [t, q, s, z, y, y.shape[1]]

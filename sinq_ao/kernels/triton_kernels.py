@@ -85,7 +85,7 @@ def field_bit(p, bits):
 @triton.constexpr_function
 def activation_scale(p, bits):
     """2^(85 − d(p)): xs_p = (t ⊙ x)_p · 2^(85 − d(p)) times code p's subnormal float is 2^-64 · Q · (t ⊙ x)_p."""
-    return 2.0 ** (85 - bits * (p if p < 23 // bits else p - 23 // bits))  # d(p) as in field_bit
+    return 2.0 ** (85 - field_bit(p, bits))
 
 
 @triton.constexpr_function

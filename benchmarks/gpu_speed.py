@@ -54,10 +54,12 @@ from sinq_ao import SINQConfig, SINQTensor, disable_projection_fusion, enable_pr
 from sinq_ao.decode import capture
 from sinq_ao.kernels import (  # noqa: E402
     GEMV_MAX_BLOCK_M,
+    GEMV_MAX_M,
     MMA_MAX_M,
     LaunchConfig,
     MmaConfig,
     TileConfig,
+    _sm_count,
     default_gemm_config,
     default_group_config,
     default_tile_config,
@@ -200,7 +202,7 @@ GROUPS_8B = {"q+k+v": (4096, 1024, 1024), "gate+up": (14336, 14336)}  # out feat
 def bench_groups(args) -> list[dict]:
     rows = []
     torch.manual_seed(0)
-    ms = [m for m in args.ms if m <= 2] or [1]
+    ms = [m for m in args.ms if m <= GEMV_MAX_M] or [1]  # the grouped kernel's rows
     for name, ns in GROUPS_8B.items():
         k = 4096
         copies = copies_for(sum(ns) * k // 2)
@@ -216,8 +218,7 @@ def bench_groups(args) -> list[dict]:
 
             separate = [lambda ws=ws, x=x, ys=ys: [launch(x, *w, None, y, 4, 64) for w, y in zip(ws, ys, strict=True)]
                         for ws in inner]  # fmt: skip
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
-            default = default_group_config(m, sum(ns), k, 4, 64, sms)
+            default = default_group_config(m, sum(ns), k, 4, 64, _sm_count(x.device))  # as launch_group picks it
             row = {"group": name, "ns": list(ns), "K": k, "M": m, "separate_us": kernel_time_us(separate, repeats=10),
                    "default": default._asdict(), "grouped_us": kernel_time_us(grouped(), repeats=10)}  # fmt: skip
             if args.sweep:
@@ -227,7 +228,7 @@ def bench_groups(args) -> list[dict]:
                     except triton.runtime.errors.OutOfResources:
                         continue
                     row.setdefault("candidates", []).append({**config._asdict(), "us": us})
-                row["candidates"].sort(key=lambda c: c["us"])
+                row.setdefault("candidates", []).sort(key=lambda c: c["us"])
             rows.append(row)
             log(json.dumps(row))
         del sets, inner
@@ -401,15 +402,20 @@ def quantize_variant(model, variant: str):
 PROMPT_TOKENS = 16  # the decode benchmarks' prompt
 
 
+def random_prompt(model) -> torch.Tensor:
+    """A random (1, PROMPT_TOKENS) prompt on the model's device."""
+    device = next(model.parameters()).device
+    return torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
+
+
 def prefill(model, max_cache_len: int):
     """A transformers StaticCache of ``max_cache_len`` positions holding a random PROMPT_TOKENS-token prompt, run
     through the (uncompiled) model, and the prompt's greedy next token."""
     from transformers import StaticCache
 
-    device = next(model.parameters()).device
-    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
+    prompt = random_prompt(model)
     cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-    positions = torch.arange(PROMPT_TOKENS, device=device)
+    positions = torch.arange(PROMPT_TOKENS, device=prompt.device)
     logits = model(input_ids=prompt, past_key_values=cache, cache_position=positions).logits
     return cache, logits[:, -1:].argmax(-1)
 
@@ -469,7 +475,6 @@ def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[lis
     return kernels, last_step
 
 
-@torch.no_grad()
 def time_graphed_decoder(model, tokens: int) -> tuple[float, float, float]:
     """sinq_ao.GraphedDecoder on a random PROMPT_TOKENS-token prompt: (compile + capture seconds, decode tokens/s,
     seconds of generate(prompt, tokens)). Tokens/s is (tokens − 1) over generate(tokens) minus generate(1), so the
@@ -477,7 +482,7 @@ def time_graphed_decoder(model, tokens: int) -> tuple[float, float, float]:
     from sinq_ao import GraphedDecoder
 
     decoder = GraphedDecoder(model, max_cache_len=PROMPT_TOKENS + tokens)
-    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device="cuda")
+    prompt = random_prompt(model)
 
     def timed(count: int) -> float:
         torch.cuda.synchronize()
@@ -491,6 +496,7 @@ def time_graphed_decoder(model, tokens: int) -> tuple[float, float, float]:
     return compile_s, (tokens - 1) / (full - one), full
 
 
+@torch.no_grad()
 def bench_decode(args) -> list[dict]:
     rows = []
     for variant in args.variants:
@@ -505,50 +511,23 @@ def bench_decode(args) -> list[dict]:
             subclass_bytes(p) if hasattr(p, "tensor_data_names") else p.numel() * p.element_size()
             for p in model.parameters()
         ) / 2**30
+        graphed = None
+        extra = {}
         if args.graph == "decoder":  # the library's GraphedDecoder, timed through generate()
-            compile_s, tokens_per_s, generate_s = time_graphed_decoder(model, args.tokens)
-            row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
-                   "graph": "GraphedDecoder", "generate_s": generate_s, "weights_GiB": weights_gib,
-                   "quantize_s": quant_s, "compile_s": compile_s,
-                   "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
-            rows.append(row)
-            log(json.dumps(row))
-            del model
-            torch._dynamo.reset()
-            torch.cuda.empty_cache()
-            continue
-        # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
-        spare = 24 if args.profile else 8
-        cache, token = prefill(model, PROMPT_TOKENS + args.tokens + spare)
-        compile_start = time.perf_counter()
-        graphed = step = None
-        if args.graph == "manual":
-            graphed = GraphedDecodeStep(model, cache, token, PROMPT_TOKENS)
-            token, position = graphed.decode(token, 3, PROMPT_TOKENS)
-            run = graphed.decode
+            compile_s, tokens_per_s, extra["generate_s"] = time_graphed_decoder(model, args.tokens)
         else:
-            if args.mark_static:
-                for param in model.parameters():
-                    _mark_static(param)
-            step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-            token, position = greedy_decode(step, cache, token, 3, PROMPT_TOKENS)  # compile + graph capture
-            run = functools.partial(greedy_decode, step, cache)  # run(token, count, position), as graphed.decode
-        torch.cuda.synchronize()
-        compile_s = time.perf_counter() - compile_start
-        start = time.perf_counter()
-        run(token, args.tokens, position)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        graph = args.graph + (" (marked static)" if args.mark_static and args.graph != "manual" else "")
-        row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": args.tokens / seconds,
-               "graph": graph, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
+            compile_s, tokens_per_s, graphed, token = time_compiled_steps(model, args)
+        graph = "GraphedDecoder" if args.graph == "decoder" else args.graph
+        graph += " (marked static)" if args.mark_static and args.graph == "reduce-overhead" else ""
+        row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
+               "graph": graph, **extra, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
                "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
         if args.profile and graphed is not None:
             row["kernels_per_step"], row["last_step_kernels"] = profile_step(graphed, token)
         rows.append(row)
         log(json.dumps(row))
-        del model, cache, run
-        graphed = step = None  # free the captured graph / compiled model before the next variant
+        del model
+        graphed = None  # free the captured graph before the next variant
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)
@@ -557,6 +536,33 @@ def bench_decode(args) -> list[dict]:
         ratio = r["tokens_per_s"] / base if base else float("nan")
         log(f"{r['variant']:>10} {r['tokens_per_s']:8.1f} {ratio:7.2f} {r['weights_GiB']:11.2f}")
     return rows
+
+
+def time_compiled_steps(model, args):
+    """The benchmark's own decode loop (--graph manual or reduce-overhead): (compile + capture seconds, tokens/s,
+    the GraphedDecodeStep (--graph manual) or None, the token the timed steps started from)."""
+    # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
+    spare = 24 if args.profile else 8
+    cache, token = prefill(model, PROMPT_TOKENS + args.tokens + spare)
+    compile_start = time.perf_counter()
+    graphed = step = None
+    if args.graph == "manual":
+        graphed = GraphedDecodeStep(model, cache, token, PROMPT_TOKENS)
+        token, position = graphed.decode(token, 3, PROMPT_TOKENS)
+        run = graphed.decode
+    else:
+        if args.mark_static:
+            for param in model.parameters():
+                _mark_static(param)
+        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        token, position = greedy_decode(step, cache, token, 3, PROMPT_TOKENS)  # compile + graph capture
+        run = functools.partial(greedy_decode, step, cache)  # run(token, count, position), as graphed.decode
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - compile_start
+    start = time.perf_counter()
+    run(token, args.tokens, position)
+    torch.cuda.synchronize()
+    return compile_s, args.tokens / (time.perf_counter() - start), graphed, token
 
 
 @torch.no_grad()

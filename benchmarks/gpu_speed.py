@@ -16,7 +16,8 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             aten._weight_int4pack_mm). Each timing is a CUDA graph of R calls over R different weight copies (R chosen
             so they overflow the 50 MB L2), replayed and divided by R (--timer kernels: the profiler's kernel time per
             call instead, memsets left out). --sweep also times candidate block sizes of the kernels (the GEMV up to
-            GEMV_MAX_BLOCK_M rows, the tensor-core kernels from 2, the many-row kernel from 32) and reports the best.
+            GEMV_MAX_BLOCK_M rows, each with one row and with vector_thread_rows rows across threads; the
+            tensor-core kernels from 2, the many-row kernel from 32) and reports the best.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
@@ -66,6 +67,7 @@ from sinq_ao.kernels import (  # noqa: E402
     even_split,
     launch,
     launch_group,
+    vector_thread_rows,
 )
 from sinq_ao.tensor import _mark_static, plain_linear  # noqa: E402
 
@@ -171,7 +173,8 @@ def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
     """Launch configurations tried by --sweep: rows per program, groups per K step, warps (with more warps than
     rows x groups need, Triton spreads warps along the groups: K split inside a program); activation rows per
     program: M rounded up to a power of two, at most GEMV_MAX_BLOCK_M; K split until about 2, 4 and 8 programs per
-    SM exist (evenly, as default_config does); software pipelines of 1 (none), 3 and 4 stages of the words."""
+    SM exist (evenly, as default_config does); software pipelines of 1 (none), 3 and 4 stages of the words; one row
+    and vector_thread_rows rows across threads (_with_thread_rows)."""
     configs = []
     n_groups = -(-k // group_size)
     block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)  # a power of two, at most 4
@@ -182,18 +185,29 @@ def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
         splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
         for split in sorted(splits):
             for depth in stages:
-                configs.append(LaunchConfig(block_n, groups, split, warps, block_m, depth))
+                configs += _with_thread_rows([LaunchConfig(block_n, groups, split, warps, block_m, depth)], bits,
+                                             group_size)  # fmt: skip
     return configs
+
+
+def _with_thread_rows(configs, bits=4, group_size=64):
+    """Each configuration with one row across threads (every thread's rows one above the other) and with
+    vector_thread_rows (four words per thread and row), once each."""
+    out = []
+    for config in configs:
+        vector = vector_thread_rows(config.block_n, config.groups_per_step, config.num_warps, bits, group_size)
+        out += [config._replace(thread_rows=rows) for rows in dict.fromkeys((1, vector))]
+    return out
 
 
 def group_candidates(m):
     """Grouped-GEMV configurations tried by --sweep (K unsplit): rows per program, groups per step (64-code groups:
-    8 words each at 4 bits), warps and pipeline depth."""
+    8 words each at 4 bits) and warps, 3-stage pipeline, rows side by side across threads as derived and 1."""
     block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)
     shapes = [(8, 4, 1), (8, 8, 1), (8, 8, 2), (8, 16, 2), (16, 2, 1), (16, 4, 1), (16, 4, 2), (16, 8, 1), (16, 8, 2),
-              (32, 2, 1), (32, 4, 2)]  # fmt: skip
-    return [LaunchConfig(block_n, groups, 1, warps, block_m, depth) for block_n, groups, warps in shapes
-            for depth in (2, 3, 4)]
+              (32, 2, 1), (32, 4, 2), (32, 8, 2), (32, 4, 1)]  # fmt: skip
+    return _with_thread_rows([LaunchConfig(block_n, groups, 1, warps, block_m, 3)
+                              for block_n, groups, warps in shapes])
 
 
 GROUPS_8B = {"q+k+v": (4096, 1024, 1024), "gate+up": (14336, 14336)}  # out features; K = 4096 for both

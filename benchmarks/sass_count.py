@@ -34,7 +34,7 @@ from tests.kernel_checks import POINTER_TYPES  # noqa: E402
 KERNELS = {
     "gemv": (triton_kernels.sinq_gemv_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, PARTIAL=False, BLOCK_M=1,
                                                    BLOCK_N=8, GROUPS_PER_STEP=8, EVEN_K=True, ASM=True,
-                                                   NUM_STAGES=3), 1, 3),  # fmt: skip
+                                                   NUM_STAGES=3, THREAD_ROWS=1), 1, 3),  # fmt: skip
     "gemm": (triton_kernels.sinq_gemm_kernel, dict(BITS=4, GROUP=64, HAS_BIAS=False, PARTIAL=False, BLOCK_M=16,
                                                    BLOCK_N=64, BLOCK_W=8, EVEN_K=True, PRESCALED=False,
                                                    ASM=True), 4, 2),  # fmt: skip

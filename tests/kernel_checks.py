@@ -79,6 +79,7 @@ INTERPRETER_CASES = [
         (2, 16, 576, 128, LaunchConfig(8, 2, split_k=2)),  # K = 4.5 groups: ragged last group; one m per block
         (4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
         (7, 24, 256, 64, LaunchConfig(8, 2, block_m=4)),  # M not a multiple of the row block
+        (2, 40, 320, 64, LaunchConfig(16, 2, split_k=2, thread_rows=4)),  # rows 4 wide across threads, ragged N
         (20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),  # tensor-core kernel: ragged M, N and K slices
         (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M; float16: sinq_mma_kernel)
         (17, 24, 200, 64, GemmConfig(16, 32, 16)),  # K not a multiple of 32
@@ -116,6 +117,7 @@ INTERPRETER_GROUP_CASES = [
     (4, 2, (40, 16), 320, 64, LaunchConfig(16, 2)),
     (2, 1, (17, 30, 9), 576, 128, LaunchConfig(8, 2, block_m=1)),
     (8, 2, (16, 24, 8), 200, 64, LaunchConfig(4, 1, block_m=2)),
+    (4, 2, (40, 24), 256, 64, LaunchConfig(32, 2, num_warps=1, block_m=2, thread_rows=4)),  # rows 4 wide across threads
 ]
 
 
@@ -181,9 +183,10 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
     common = {"BITS": bits, "GROUP": group_size}
     kernels = [
         (sinq_gemv_kernel, {**common, "HAS_BIAS": True, "PARTIAL": True, "BLOCK_M": 2, "BLOCK_N": 8,
-                            "GROUPS_PER_STEP": 4, "EVEN_K": False, "ASM": True, "NUM_STAGES": 3}),  # fmt: skip
+                            "GROUPS_PER_STEP": 4, "EVEN_K": False, "ASM": True, "NUM_STAGES": 3,
+                            "THREAD_ROWS": 1}),  # fmt: skip
         (sinq_gemv_group_kernel, {**common, "BLOCK_M": 1, "BLOCK_N": 8, "GROUPS_PER_STEP": 2, "EVEN_K": True,
-                                  "ASM": True, "NUM_STAGES": 3}),
+                                  "ASM": True, "NUM_STAGES": 3, "THREAD_ROWS": 4}),
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
                             "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False, "ASM": True}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),

@@ -79,10 +79,13 @@ def test_kernels_match_reference_on_gpu_over_random_shapes(bits, dtype):
 @requires_cuda
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_kernel_launch_configs_match_reference_on_gpu(bits):
-    """Block shapes the sweep tries, incl. several activation rows per program and M not a multiple of it."""
+    """Block shapes the sweep tries, incl. several activation rows per program, M not a multiple of it and rows
+    side by side across threads."""
     configs = [LaunchConfig(4, 4, 1, 2, 1), LaunchConfig(16, 8, 3, 4, 4, 3), LaunchConfig(32, 2, 2, 4, 2),
-               LaunchConfig(64, 2, 1, 4, 4, 2), LaunchConfig(8, 8, 1, 1, 1, 3), LaunchConfig(32, 4, 5, 8, 4, 3)]  # fmt: skip
-    assert_configs_match_reference(bits, configs, [1, 3, 16, 11, 9, 4], seed=100 + bits)
+               LaunchConfig(64, 2, 1, 4, 4, 2), LaunchConfig(8, 8, 1, 1, 1, 3), LaunchConfig(32, 4, 5, 8, 4, 3),
+               LaunchConfig(32, 4, 1, 1, 1, 3, thread_rows=4),  # rows 4 wide across threads
+               LaunchConfig(16, 8, 2, 2, 2, 3, thread_rows=4)]  # fmt: skip
+    assert_configs_match_reference(bits, configs, [1, 3, 16, 11, 9, 4, 1, 2], seed=100 + bits)
 
 
 def assert_configs_match_reference(bits, configs, ms, seed):
@@ -314,6 +317,7 @@ def test_compiled_gemv_matches_eager_on_gpu(bits):
     [(GemmConfig(64, 8, 8), "at least 16"), (GemmConfig(48, 16, 8), "block_n=48 must be a power of two"),
      (LaunchConfig(8, 3), "groups_per_step=3 must be a power of two"), (LaunchConfig(8, 2, split_k=0), "split_k=0"),
      (LaunchConfig(8, 2, block_m=8), "block_m=8 is above GEMV_MAX_BLOCK_M"),
+     (LaunchConfig(8, 2, thread_rows=16), "thread_rows=16 must divide block_n=8"),
      ("fast", "LaunchConfig, GemmConfig, MmaConfig or TileConfig"), (MmaConfig(48, 16), "MmaConfig.block_n=48 must be a power of two"),
      (MmaConfig(128, 8), "MmaConfig block_n=128 and block_m=8 must be at least 16"), (MmaConfig(128, 16, 0), "split_k=0"),
      (TileConfig(48, 128), "TileConfig.block_m=48 must be a power of two"),

@@ -57,6 +57,7 @@ class LaunchConfig(NamedTuple):
     num_warps: int = 4
     block_m: int = 1  # activation rows per program (each unpacked code is used for all of them)
     num_stages: int = 1  # software-pipelined K steps (loads issued this many steps ahead); 1: none
+    thread_rows: int = 1  # rows side by side across a step's threads (a power of two dividing block_n)
 
 
 class GemmConfig(NamedTuple):
@@ -275,7 +276,7 @@ def _inline_ptx() -> bool:
 
 
 _POWER_OF_TWO_FIELDS = {  # Triton tiles are powers of two
-    LaunchConfig: ("block_n", "groups_per_step", "block_m"),
+    LaunchConfig: ("block_n", "groups_per_step", "block_m", "thread_rows"),
     GemmConfig: ("block_n", "block_m", "block_w"),
     MmaConfig: ("block_n", "block_m"),
     TileConfig: ("block_m", "block_n", "block_w"),
@@ -293,6 +294,8 @@ def _check_config(config: LaunchConfig | GemmConfig | MmaConfig | TileConfig) ->
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{kind}.{name}={value!r} must be a positive integer")
     gemv = isinstance(config, LaunchConfig)
+    if gemv and config.block_n % config.thread_rows:
+        raise ValueError(f"LaunchConfig.thread_rows={config.thread_rows} must divide block_n={config.block_n}")
     if gemv and config.block_m > GEMV_MAX_BLOCK_M:
         raise ValueError(f"LaunchConfig.block_m={config.block_m} is above GEMV_MAX_BLOCK_M={GEMV_MAX_BLOCK_M} (the "
                          "GEMV unrolls over its activation rows; use a GemmConfig for more rows)")  # fmt: skip
@@ -302,6 +305,15 @@ def _check_config(config: LaunchConfig | GemmConfig | MmaConfig | TileConfig) ->
             raise ValueError(f"{kind}.{name}={value} must be a power of two")
     if not gemv and min(config.block_n, config.block_m) < 16:
         raise ValueError(f"{kind} block_n={config.block_n} and block_m={config.block_m} must be at least 16")
+
+
+def vector_thread_rows(block_n: int, groups_per_step: int, num_warps: int, bits: int, group_size: int) -> int:
+    """The LaunchConfig.thread_rows that gives every thread of the GEMV four consecutive words of each of its rows
+    (one 16-byte load) and the four columns' x and t that each code position meets (vector loads): the activation
+    tile [thread rows, groups, words] then holds four words per thread and has the words tile's register layout,
+    so neither goes through shared memory. At most block_n."""
+    step_words = groups_per_step * max(1, group_size * bits // 32)
+    return max(1, min(block_n, 4 * 32 * num_warps // step_words))
 
 
 def _whole_steps(n_words: int, words_per_split: int, split_k: int, step: int, k: int, bits: int) -> bool:
@@ -327,7 +339,7 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
         qdata.stride(0), scale.stride(0), out.stride(-2), out.stride(0), y.stride(0), words_per_split, BITS=bits,
         GROUP=group_size, HAS_BIAS=has_bias, PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         GROUPS_PER_STEP=config.groups_per_step, EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages,
-        num_warps=config.num_warps,
+        THREAD_ROWS=config.thread_rows, num_warps=config.num_warps,
     )  # fmt: skip
 
 
@@ -349,10 +361,12 @@ def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]]) ->
 
 def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes of the grouped GEMV over n rows in all, K unsplit: with at least 24 blocks of 8 rows per SM,
-    16 rows per program and 32-word steps with one warp, else 8 rows and 64-word steps with two warps (sweep of
-    the subnormal-code kernel, benchmarks/results/h100/gemv_ab_v9.json, kernel time at M = 1 on an H100: gate +
-    up of the 8B shape, 28672 x 4096, 32.1 us against 34.9 for 8 rows; q + k + v, 6144 x 4096, 10.1 us against
-    10.8 for 128-word steps)."""
+    16 rows per program and 32-word steps with one warp, else 8 rows and 64-word steps with two warps, one row
+    across threads in both (sweep of the subnormal-code kernel, benchmarks/results/h100/gemv_ab_v9.json, kernel
+    time at M = 1 on an H100: gate + up of the 8B shape, 28672 x 4096, 32.1 us against 34.9 for 8 rows; q + k + v,
+    6144 x 4096, 10.1 us against 10.8 for 128-word steps). The v10 sweep (groups_v10_sweep.json) timed gate + up
+    faster with 32 rows 4 wide across threads (31.2 us against 32.0; M = 2: 37.2 against 39.7); that layout is not
+    the default yet because no GPU correctness run covered it (docs/results.md, v10)."""
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
     words_per_group = max(1, group_size * bits // 32)
     if -(-n // 8) >= 24 * sm_count:
@@ -385,7 +399,8 @@ def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):
     (launcher or (lambda kernel: kernel))(sinq_gemv_group_kernel)[grid](
         x, *args, m, k, n_words, x.stride(0), qdata.stride(0), scale.stride(0), BITS=bits,
         GROUP=group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUPS_PER_STEP=config.groups_per_step,
-        EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages, num_warps=config.num_warps,
+        EVEN_K=even_k, ASM=_inline_ptx(), NUM_STAGES=config.num_stages,
+        THREAD_ROWS=config.thread_rows, num_warps=config.num_warps,
     )  # fmt: skip
     return ys
 

@@ -6,8 +6,9 @@ consecutive words meets consecutive columns. One or two activation rows (decode)
 launch:
 
 ``sinq_gemv_kernel`` streams the packed words once. A step covers GROUPS_PER_STEP whole groups of BLOCK_N rows as
-a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile, so the scale and zero-point are loaded once per (row, group). It loads
-x and t for each code position as [1, GROUPS, WORDS_PER_GROUP] tiles (contiguous, one step ahead of their use),
+a [BLOCK_N, GROUPS, WORDS_PER_GROUP] tile (split [BLOCK_N / THREAD_ROWS, THREAD_ROWS, ...] to choose the register
+layout), so the scale and zero-point are loaded once per (row, group). It loads x and t for each code position as
+[1, (THREAD_ROWS,) GROUPS, WORDS_PER_GROUP] tiles (contiguous, one step ahead of their use),
 forms xs_p = (t ⊙ x)_p · 2^(85 − d(p)) in fp32, and per word f and row n accumulates
 
     s[n, g] · (Σ_p Q[n, k_p] 2^(d(p) − 149) · xs_p − 2^-64 z[n, g] Σ_p (t ⊙ x)_p) = 2^-64 s Σ_p (Q − z)(t ⊙ x)
@@ -120,12 +121,14 @@ def _subnormal_code(words, high, P: tl.constexpr, BITS: tl.constexpr):
 @triton.jit
 def _step_activations(x_ptr, t_ptr, w0, wi, last, m0, M, K, stride_xm,
                       BITS: tl.constexpr, BLOCK_M: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
-    """t and x (as loaded) for the codes of words w0 + wi, [1, G, W] tiles: t for code positions p = 0..PER-1,
+    """t and x (as loaded) for the codes of words w0 + wi, [1, TR, G, W] tiles: t for code positions p = 0..PER-1,
     then x for each activation row m0 + mi and p (index PER · (1 + mi) + p). Code p of word f multiplies column
     (f // BITS) · 32 + p · BITS + f mod BITS (layout v2), so for each p consecutive words meet consecutive columns.
     Zero past ``last`` and K (masked) unless EVEN_K."""
     PER: tl.constexpr = 32 // BITS
     cols = (w0 // BITS) * 32 + (wi // BITS) * 32 + wi % BITS  # w0 is a multiple of BITS (whole groups)
+    # runs of BITS consecutive columns, each starting at a multiple of BITS: vector loads
+    cols = tl.max_contiguous(tl.multiple_of(cols, [1, 1, 1, BITS]), [1, 1, 1, BITS])
     in_slice = (w0 + wi) < last
     loaded = ()
     for p in tl.static_range(PER):
@@ -155,14 +158,14 @@ def sinq_gemv_kernel(
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
-    ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ASM: tl.constexpr, NUM_STAGES: tl.constexpr, THREAD_ROWS: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] for BLOCK_M activation rows x BLOCK_N output rows; grid (N/BN, SPLIT_K, M/BM). With PARTIAL (K
     split), each program writes its slice's fp32 sums to out[split] and the block's last program writes y."""
     _gemv_block(x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, counts_ptr, tl.program_id(0),
                 M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym,
                 words_per_split, BITS, GROUP, HAS_BIAS, PARTIAL, BLOCK_M, BLOCK_N, GROUPS_PER_STEP, EVEN_K, ASM,
-                NUM_STAGES)  # fmt: skip
+                NUM_STAGES, THREAD_ROWS)  # fmt: skip
 
 
 @triton.jit
@@ -172,6 +175,7 @@ def sinq_gemv_group_kernel(
     M, K, n_words, stride_xm, stride_qn, stride_sn,
     BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr, ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+    THREAD_ROWS: tl.constexpr,
 ):  # fmt: skip
     """The GEMV of two or three weights that share their activations x (e.g. a layer's q, k and v projections) in
     one launch: grid (blocks of weight 0 + of weight 1 + of weight 2, 1, M/BM); each program picks its weight (codes,
@@ -192,7 +196,7 @@ def sinq_gemv_group_kernel(
     y_ptr = tl.where(in2, y2_ptr, tl.where(in1, y1_ptr, y0_ptr))
     _gemv_block(x_ptr, t_ptr, q_ptr, s_ptr, z_ptr, y_ptr, y_ptr, y_ptr, y_ptr, block, M, n, K, n_words,
                 stride_xm, stride_qn, stride_sn, n, 0, n, n_words, BITS, GROUP, False, False,
-                BLOCK_M, BLOCK_N, GROUPS_PER_STEP, EVEN_K, ASM, NUM_STAGES)  # fmt: skip
+                BLOCK_M, BLOCK_N, GROUPS_PER_STEP, EVEN_K, ASM, NUM_STAGES, THREAD_ROWS)  # fmt: skip
 
 
 @triton.jit
@@ -201,7 +205,7 @@ def _gemv_block(
     M, N, K, n_words, stride_xm, stride_qn, stride_sn, stride_om, stride_osplit, stride_ym, words_per_split,
     BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, EVEN_K: tl.constexpr,
-    ASM: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ASM: tl.constexpr, NUM_STAGES: tl.constexpr, THREAD_ROWS: tl.constexpr,
 ):  # fmt: skip
     """The GEMV's work for output row block ``block`` (its K slice: grid dimension 1)."""
     PER: tl.constexpr = 32 // BITS
@@ -210,25 +214,30 @@ def _gemv_block(
     m0 = tl.program_id(2) * BLOCK_M
     first = split * words_per_split  # a multiple of WPG: slices hold whole groups
     last = tl.minimum(first + words_per_split, n_words)
-    # Tiles are [row, group, word]; activation tiles are [1, group, word] so that every tile shares the words'
-    # register layout (no shuffles through shared memory). Per activation row m the kernel keeps its own
-    # accumulators (tuples, unrolled over BLOCK_M), and each unpacked code is used for all of them. Rows past N
-    # and activation rows past M are clamped, not masked (their results are not stored), so whole steps load
-    # without predicates.
-    rows = tl.minimum(block * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None, None]
-    gi = tl.arange(0, GROUPS_PER_STEP)[None, :, None]
-    wi = gi * WPG + tl.arange(0, WPG)[None, None, :]  # word offsets within a step
+    # Tiles are [row, thread row, group, word] (row r · TR + tr of the block), activation tiles [1, TR, group,
+    # word]. Triton gives every thread at least one element of a load's tile, so THREAD_ROWS (TR) sets how many
+    # columns of x and t each thread loads: with TR = 1 and a small step one element (the words then reach that
+    # layout through shared memory); with vector_thread_rows (launcher) four, as vector loads in the words'
+    # own 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled
+    # over BLOCK_M), and each unpacked code is used for all of them. Rows past N and activation rows past M are
+    # clamped, not masked (their results are not stored), so whole steps load without predicates.
+    RPT: tl.constexpr = BLOCK_N // THREAD_ROWS
+    tr = tl.arange(0, THREAD_ROWS)[None, :, None, None]
+    rows = tl.minimum(block * BLOCK_N + tl.arange(0, RPT)[:, None, None, None] * THREAD_ROWS + tr, N - 1)
+    gi = tl.arange(0, GROUPS_PER_STEP)[None, None, :, None]
+    wi = gi * WPG + tl.arange(0, WPG)[None, None, None, :]  # word offsets within a step
+    act_wi = wi + 0 * tr  # [1, TR, G, W]
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
     sz_rows = rows * stride_sn
-    accs = ()  # per activation row, [BN, G, W]: reduced over groups and words once, after the loop
+    accs = ()  # per activation row, [RPT, TR, G, W]: reduced over groups and words once, after the loop
     for mi in tl.static_range(BLOCK_M):
-        accs = accs + (tl.zeros((BLOCK_N, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
+        accs = accs + (tl.zeros((RPT, THREAD_ROWS, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
     STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step
     # The activations are loaded one step ahead (register double buffering; the words are pipelined by Triton)
-    acts = _step_activations(x_ptr, t_ptr, first, wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)
+    acts = _step_activations(x_ptr, t_ptr, first, act_wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)
     for w0 in tl.range(first, last, STEP, num_stages=NUM_STAGES):
         f = w0 + wi
-        f_ok = f < last  # [1, G, W] like the activation tiles (a [BN, G, W] mask would widen their loads)
+        f_ok = f < last  # [1, 1, G, W] (a mask of the words' shape would widen their loads)
         words = tl.load(q_rows + f) if EVEN_K else tl.load(q_rows + f, mask=f_ok & (rows >= 0), other=0)
         g = w0 // WPG + gi
         if EVEN_K:
@@ -240,7 +249,7 @@ def _gemv_block(
             z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
         # the next step's (the last step re-reads its own: in bounds, unused)
         following = _step_activations(x_ptr, t_ptr, tl.minimum(w0 + STEP, last - STEP) if EVEN_K else w0 + STEP,
-                                      wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)  # fmt: skip
+                                      act_wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)  # fmt: skip
         xs = ()  # xs = (t ⊙ x) · 2^(85 − d(p)), per activation row mi and code position p (index mi · PER + p)
         for mi in tl.static_range(BLOCK_M):
             for p in tl.static_range(PER):
@@ -267,11 +276,11 @@ def _gemv_block(
         for mi in tl.static_range(BLOCK_M):
             updated = updated + (accs[mi] + s * dots[mi],)
         accs = updated
-    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = block * BLOCK_N + tl.arange(0, RPT)[:, None] * THREAD_ROWS + tl.arange(0, THREAD_ROWS)[None, :]
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     for mi in tl.static_range(BLOCK_M):
-        y = tl.sum(tl.sum(accs[mi], axis=2), axis=1) * power_of_two(64)  # [BLOCK_N]
+        y = tl.sum(tl.sum(accs[mi], axis=3), axis=2) * power_of_two(64)  # [RPT, TR]
         out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
         if PARTIAL:
             tl.store(out_ptr + split * stride_osplit + (m0 + mi) * stride_om + rows, y, mask=out_mask)
@@ -285,7 +294,7 @@ def _gemv_block(
         if _last_slice_to_finish(counts_ptr):
             for mi in tl.static_range(BLOCK_M):
                 out_mask = (rows < N) & (tl.zeros_like(rows) + (m0 + mi) < M)
-                total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+                total = tl.zeros((RPT, THREAD_ROWS), dtype=tl.float32)
                 for other in range(tl.num_programs(1)):
                     total += tl.load(out_ptr + other * stride_osplit + (m0 + mi) * stride_om + rows, mask=out_mask,
                                      other=0.0, cache_modifier=".cg")  # fmt: skip

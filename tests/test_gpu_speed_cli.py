@@ -95,3 +95,31 @@ def test_decode_benchmarks_prefill_a_static_cache_with_the_prompt():
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS))
     with torch.no_grad():
         assert int(token) == int(model(prompt).logits[0, -1].argmax())
+
+
+def test_decode_benchmark_runs_every_decode_loop_without_autograd(monkeypatch):
+    """bench_decode holds no_grad for both timing paths (a 7226b2e refactor once moved it onto one of them, and the
+    other then failed in AOTAutograd's backward trace on the GPU); the model and the timed loops are stubbed."""
+    from benchmarks import gpu_speed
+
+    grad_enabled = []
+
+    def steps(model, args):
+        grad_enabled.append(torch.is_grad_enabled())
+        return 1.0, 100.0, None, None
+
+    def decoder(model, tokens):
+        grad_enabled.append(torch.is_grad_enabled())
+        return 1.0, 50.0, 0.5
+
+    monkeypatch.setattr(gpu_speed, "build_llama", lambda layers: torch.nn.Linear(4, 4))
+    monkeypatch.setattr(gpu_speed, "quantize_variant", lambda model, variant: None)
+    monkeypatch.setattr(gpu_speed, "time_compiled_steps", steps)
+    monkeypatch.setattr(gpu_speed, "time_graphed_decoder", decoder)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    rows = []
+    for graph in ("manual", "decoder"):
+        args = argparse.Namespace(variants=["bf16"], layers=1, tokens=2, graph=graph, mark_static=False, profile=False)
+        rows += gpu_speed.bench_decode(args)
+    assert grad_enabled == [False, False]
+    assert [r["tokens_per_s"] for r in rows] == [100.0, 50.0] and rows[1]["generate_s"] == 0.5

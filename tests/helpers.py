@@ -25,11 +25,13 @@ requires_interpreter = pytest.mark.skipif(
 )
 
 
-def assert_passes_under_the_interpreter(module: str) -> None:
-    """Run ``python -m module`` with TRITON_INTERPRET=1 in a subprocess (the variable must be set before Triton is
-    imported, so not in this process) and require its closing line "interpreter cases passed"."""
+def assert_passes_under_the_interpreter(module: str, function: str | None = None) -> None:
+    """Run ``python -m module`` (or ``module.function()``) with TRITON_INTERPRET=1 in a subprocess (the variable
+    must be set before Triton is imported, so not in this process) and require its closing line "interpreter cases
+    passed"."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", module], check=False, cwd=ROOT, env=env, capture_output=True,
+    command = ["-m", module] if function is None else ["-c", f"from {module} import {function}; {function}()"]
+    done = subprocess.run([sys.executable, *command], check=False, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "interpreter cases passed" in done.stdout

@@ -1,0 +1,35 @@
+"""benchmarks/access_pattern.py's streaming kernel: both word arrangements fold every word once (CPU, through
+Triton's interpreter), and it builds for sm_90 with the GEMV's pipeline."""
+
+import torch
+
+from benchmarks.access_pattern import row_sums, tile_words
+from tests.helpers import assert_passes_under_the_interpreter, compile_for_sm90, requires_interpreter
+
+
+def test_tile_words_puts_each_programs_step_in_one_contiguous_block():
+    q = torch.arange(4 * 8, dtype=torch.int32).view(4, 8)  # 4 rows of 8 words
+    tiles = tile_words(q, block_n=2, step=4).view(-1, 2, 4)
+    # block 0 step 0, block 0 step 1, block 1 step 0, block 1 step 1
+    for index, (block, step) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        assert torch.equal(tiles[index], q[2 * block : 2 * block + 2, 4 * step : 4 * step + 4])
+
+
+def test_row_sums_wrap_like_int32():
+    q = torch.tensor([[2**31 - 1, 1], [-(2**31), -1]], dtype=torch.int32)
+    assert row_sums(q).tolist() == [-(2**31), 2**31 - 1]
+
+
+@requires_interpreter
+def test_stream_kernel_reads_both_arrangements_under_the_interpreter():
+    assert_passes_under_the_interpreter("benchmarks.access_pattern", "check_stream_kernel")
+
+
+def test_stream_kernel_builds_for_hopper_with_a_cp_async_pipeline():
+    from benchmarks.access_pattern import stream_kernel
+
+    for tiled in (False, True):
+        compiled = compile_for_sm90(stream_kernel, {"BLOCK_N": 8, "STEP": 64, "TILED": tiled, "NUM_STAGES": 3},
+                                    {"q_ptr": "*i32", "out_ptr": "*i32"}, aligned=["q_ptr", "out_ptr", "n_words"],
+                                    num_warps=1, num_stages=3)  # fmt: skip
+        assert "cp.async" in compiled.asm["ptx"], tiled

@@ -5,6 +5,7 @@ Examples (SRC and MODEL: an HF folder, a .gguf file, a built-in name or a Hub id
     sinq-ao quantize SRC DST --bits 4 --group-size 64
     sinq-ao eval DST --max-windows 8
     sinq-ao generate DST "The capital of France is"
+    sinq-ao generate DST "The capital of France is" --device cuda --graphed --max-new-tokens 256
 """
 
 from __future__ import annotations
@@ -57,12 +58,36 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"perplexity {value:.4f}  ({args.model}, seq_len {args.seq_len}, {windows}, {args.text or 'WikiText-2'})")
 
 
+def _through_first_eos(tokens: torch.Tensor, prompt_length: int, eos: int | list[int] | None) -> torch.Tensor:
+    """Row 0 of ``tokens`` up to and including the first end-of-sequence token after the prompt (all of it if
+    none), as transformers' generate stops; GraphedDecoder always decodes the full count."""
+    row = tokens[0]
+    ends = [eos] if isinstance(eos, int) else list(eos or [])
+    if ends:
+        hits = torch.isin(row[prompt_length:], torch.tensor(ends, device=row.device)).nonzero()
+        if len(hits):
+            row = row[: prompt_length + int(hits[0]) + 1]
+    return row
+
+
 @torch.no_grad()
 def _generate(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.graphed and torch.device(args.device).type != "cuda":
+        raise ValueError(f"--graphed replays CUDA graphs and needs a CUDA --device, got {args.device!r}")
     model, tokenizer = _load(args)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
-    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    if args.graphed:
+        from .decode import GraphedDecoder
+
+        prompt = inputs["input_ids"]
+        decoder = GraphedDecoder(model, max_cache_len=prompt.shape[1] + args.max_new_tokens)
+        tokens = decoder.generate(prompt, args.max_new_tokens)
+        output = _through_first_eos(tokens, prompt.shape[1], model.generation_config.eos_token_id)
+    else:
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)[0]
+    print(tokenizer.decode(output, skip_special_tokens=True))
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(generate)
     generate.add_argument("prompt", metavar="PROMPT", help="the text to continue")
     generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: 64)")
+    generate.add_argument(
+        "--graphed",
+        action="store_true",
+        help="decode with sinq_ao.GraphedDecoder: each step one CUDA-graph replay of the compiled model (CUDA "
+        "only; compiling first takes a while, so it pays off on long outputs)",
+    )
     generate.set_defaults(run=_generate)
     return root
 

@@ -14,6 +14,7 @@ from sinq_ao.cli import build_parser, main
 from sinq_ao.evaluate import perplexity
 from sinq_ao.models import load_model
 from sinq_ao.streaming import quantize_checkpoint
+from tests.helpers import requires_cuda
 from tests.test_hf import TEXT, assert_same_quantized_state, save_source, shard_files, tiny_llama
 
 SCRIPT = Path(sys.executable).parent / "sinq-ao"
@@ -95,3 +96,31 @@ def test_damaged_checkpoint_is_named_before_loading(quantized, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["generate", str(damaged), "hello"])
     assert "model.safetensors: cannot read it as safetensors, it is truncated" in capsys.readouterr().err
+
+
+def test_graphed_generation_needs_a_cuda_device_and_says_so_before_loading(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", str(tmp_path / "not-loaded"), "hello", "--graphed"])
+    assert exit_info.value.code == 1
+    assert "--graphed replays CUDA graphs and needs a CUDA --device, got 'cpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", str(tmp_path / "not-loaded"), "hello", "--max-new-tokens", "0"])
+    assert "--max-new-tokens must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_graphed_output_stops_after_the_first_end_of_sequence_token_like_generate():
+    from sinq_ao.cli import _through_first_eos
+
+    tokens = torch.tensor([[5, 2, 7, 2, 9]])
+    assert _through_first_eos(tokens, 1, 2).tolist() == [5, 2]  # the prompt's own eos does not count
+    assert _through_first_eos(tokens, 2, [9, 2]).tolist() == [5, 2, 7, 2]
+    assert _through_first_eos(tokens, 2, None).tolist() == [5, 2, 7, 2, 9]
+    assert _through_first_eos(tokens, 1, [4]).tolist() == [5, 2, 7, 2, 9]
+
+
+@requires_cuda
+def test_graphed_generate_command_prints_what_plain_generate_prints_on_gpu(quantized):
+    """float32 on CUDA: GraphedDecoder's greedy tokens equal transformers' generate (tests/test_decode.py)."""
+    options = ("--max-new-tokens", "6", "--dtype", "float32", "--device", "cuda")
+    graphed = sinq_ao("generate", str(quantized), "the quick brown", *options, "--graphed")
+    assert graphed == sinq_ao("generate", str(quantized), "the quick brown", *options)

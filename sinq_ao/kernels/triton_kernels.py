@@ -217,8 +217,8 @@ def _gemv_block(
     # Tiles are [row, thread row, group, word] (row r · TR + tr of the block), activation tiles [1, TR, group,
     # word]. Triton gives every thread at least one element of a load's tile, so THREAD_ROWS (TR) sets how many
     # columns of x and t each thread loads: with TR = 1 and a small step one element (the words then reach that
-    # layout through shared memory); with vector_thread_rows (launcher) four, as vector loads in the words'
-    # own 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled
+    # layout through shared memory); with LaunchConfig.thread_rows from vector_thread_rows, four, as vector loads
+    # in the words' own 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled
     # over BLOCK_M), and each unpacked code is used for all of them. Rows past N and activation rows past M are
     # clamped, not masked (their results are not stored), so whole steps load without predicates.
     RPT: tl.constexpr = BLOCK_N // THREAD_ROWS

@@ -33,7 +33,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_speed import graph_time_us, layer_shape, log, rotating_copies, write_results
+from benchmarks.gpu_speed import graph_time_us, layer_shape, log, rotating_copies, subclass_bytes, write_results
 from sinq_ao import SINQTensor
 
 # The GEMV's blocks at 4 bits, g64: (rows per program, words per step, warps); default_config and
@@ -107,7 +107,7 @@ def bench(shapes) -> list[dict]:
         n_words = q.shape[1]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         sinq_ws = rotating_copies(sinq)
-        gemv_bytes = sum(getattr(sinq, name).nbytes for name in ("qdata", "scale", "zero_point", "act_pre_scale"))
+        gemv_bytes = subclass_bytes(sinq)
         row = {"N": n, "K": k, "word_MB": q.nbytes / 1e6, "gemv_MB": gemv_bytes / 1e6}
         row["gemv_us"] = graph_time_us([functools.partial(F.linear, x, w) for w in sinq_ws])
         del sinq_ws

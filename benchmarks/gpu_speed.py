@@ -185,9 +185,8 @@ def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
         splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
         for split in sorted(splits):
             for depth in stages:
-                configs += _with_thread_rows([LaunchConfig(block_n, groups, split, warps, block_m, depth)], bits,
-                                             group_size)  # fmt: skip
-    return configs
+                configs.append(LaunchConfig(block_n, groups, split, warps, block_m, depth))
+    return _with_thread_rows(configs, bits, group_size)
 
 
 def _with_thread_rows(configs, bits=4, group_size=64):
@@ -202,7 +201,8 @@ def _with_thread_rows(configs, bits=4, group_size=64):
 
 def group_candidates(m):
     """Grouped-GEMV configurations tried by --sweep (K unsplit): rows per program, groups per step (64-code groups:
-    8 words each at 4 bits) and warps, 3-stage pipeline, rows side by side across threads as derived and 1."""
+    8 words each at 4 bits) and warps, 3-stage pipeline, each with one row and with vector_thread_rows rows
+    across threads (_with_thread_rows)."""
     block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)
     shapes = [(8, 4, 1), (8, 8, 1), (8, 8, 2), (8, 16, 2), (16, 2, 1), (16, 4, 1), (16, 4, 2), (16, 8, 1), (16, 8, 2),
               (32, 2, 1), (32, 4, 2), (32, 8, 2), (32, 4, 1)]  # fmt: skip

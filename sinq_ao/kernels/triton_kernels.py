@@ -22,8 +22,8 @@ that end at bit 22 or below (the first 23 // BITS of a word) are masked in place
 come from the word shifted right once by (23 // BITS) · BITS. Products Q · 2^(d − 149) · xs are exact, so
 nothing of the fp32 sums is lost to a bias. The 2^-64 centres the range on typical activations: xs stays finite
 for |t ⊙ x| below 2^43 (about 8.8e12; beyond, the output is inf or NaN), and only terms |Q · (t ⊙ x)| below
-2^-62 (about 2e-19) become subnormal products, with an absolute error below 2^-85 (the tensor-core kernels still use the biased 2^23 + Q
-form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to flush them to zero, which
+2^-62 (about 2e-19) become subnormal products, with an absolute error below 2^-85 (the tensor-core kernels still
+use the biased 2^23 + Q form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to flush them to zero, which
 is how Triton compiles (no .ftz; tests/test_kernels.py checks the sm_90 build). All activation rows of a block
 (BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K > 1, K slices
 (whole groups) write fp32 partial sums, and the last slice of each block to finish adds them up in slice order
@@ -215,11 +215,11 @@ def _gemv_block(
     first = split * words_per_split  # a multiple of WPG: slices hold whole groups
     last = tl.minimum(first + words_per_split, n_words)
     # Tiles are [row, thread row, group, word] (row r · TR + tr of the block), activation tiles [1, TR, group,
-    # word]. Triton gives every thread at least one element of a load's tile, so THREAD_ROWS (TR) sets how many
-    # columns of x and t each thread loads: with TR = 1 and a small step one element (the words then reach that
-    # layout through shared memory); with LaunchConfig.thread_rows from vector_thread_rows, four, as vector loads
-    # in the words' own 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled
-    # over BLOCK_M), and each unpacked code is used for all of them. Rows past N and activation rows past M are
+    # word]. Triton spreads a load's tile over all threads, so THREAD_ROWS (TR) sets how many columns of x and t
+    # each thread loads: with TR = 1 and a small step one (the words then reach that layout through shared
+    # memory); with LaunchConfig.thread_rows from vector_thread_rows four, as vector loads in the words' own
+    # 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled over
+    # BLOCK_M), and each unpacked code is used for all of them. Rows past N and activation rows past M are
     # clamped, not masked (their results are not stored), so whole steps load without predicates.
     RPT: tl.constexpr = BLOCK_N // THREAD_ROWS
     tr = tl.arange(0, THREAD_ROWS)[None, :, None, None]

@@ -7,7 +7,7 @@
 Two or three --weights sharing K run the grouped kernel (launch_group, as q/k/v or gate/up at decode), one runs
 sinq_gemv_kernel (launch). --config takes LaunchConfig's fields in order (block_n, groups_per_step, split_k,
 num_warps, block_m, num_stages, thread_rows); without it the defaults apply. 4-bit, groups of 64, random bf16
-weights, M activation rows (--m, default 1).
+weights, M activation rows (--m, default 1; at most GEMV_MAX_M for grouped weights, GEMV_MAX_BLOCK_M for one).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_speed import layer_shape
 from sinq_ao import SINQTensor
-from sinq_ao.kernels import LaunchConfig, launch, launch_group
+from sinq_ao.kernels import GEMV_MAX_BLOCK_M, GEMV_MAX_M, LaunchConfig, launch, launch_group
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= len(args.weights) <= 3 or len({k for _, k in args.weights}) != 1:
         parser.error("--weights takes 1 to 3 N x K shapes with one K")
+    if not 1 <= args.m <= (GEMV_MAX_M if len(args.weights) > 1 else GEMV_MAX_BLOCK_M):
+        parser.error(f"--m must be 1 to {GEMV_MAX_M} rows for grouped weights (group_supported), 1 to "
+                     f"{GEMV_MAX_BLOCK_M} for one weight (the GEMV's rows per program); got {args.m}")  # fmt: skip
     if args.config is not None and not 2 <= len(args.config) <= len(LaunchConfig._fields):
         parser.error(f"--config takes 2 to {len(LaunchConfig._fields)} fields: {' '.join(LaunchConfig._fields)}")
     args.config = LaunchConfig(*args.config) if args.config else None

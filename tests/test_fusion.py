@@ -164,14 +164,15 @@ def test_grouped_gemv_matches_reference_on_gpu_over_random_shapes(bits, dtype):
         assert error < 1e-2, (bits, m, ns, k, error)
 
 
-def test_default_group_config_takes_16_rows_for_many_blocks_and_64_word_steps_otherwise():
+def test_default_group_config_takes_32_vector_rows_for_many_blocks_and_64_word_steps_otherwise():
     """The two regimes of default_group_config, on the 8B shape's gate + up and q + k + v (132 SMs), 4-bit g64."""
     many = kernels.default_group_config(1, 2 * 14336, 4096, 4, 64, sm_count=132)
     few = kernels.default_group_config(1, 4096 + 2 * 1024, 4096, 4, 64, sm_count=132)
-    assert (many.block_n, many.groups_per_step, many.num_warps, many.split_k, many.thread_rows) == (16, 4, 1, 1, 1)
+    assert (many.block_n, many.groups_per_step, many.num_warps, many.split_k, many.thread_rows) == (32, 4, 1, 1, 4)
     assert (few.block_n, few.groups_per_step, few.num_warps, few.split_k, few.thread_rows) == (8, 8, 2, 1, 1)
-    # steps are counted in words: the same shapes at 2 bits take twice the groups per step
-    assert kernels.default_group_config(1, 2 * 14336, 4096, 2, 64, sm_count=132).groups_per_step == 8
+    # steps are counted in words: the same shapes at 2 bits take twice the groups per step, with 4 rows across
+    two_bit = kernels.default_group_config(1, 2 * 14336, 4096, 2, 64, sm_count=132)
+    assert (two_bit.groups_per_step, two_bit.thread_rows) == (8, 4)
 
 
 def test_vector_thread_rows_give_each_thread_four_words_of_the_step():
@@ -186,14 +187,15 @@ def test_vector_thread_rows_give_each_thread_four_words_of_the_step():
 
 @requires_cuda
 def test_grouped_gemv_default_for_many_rows_matches_reference_on_gpu():
-    """gate + up of the 8B shape: default_group_config's 16-row programs with 32-word steps (24 or more blocks of 8
-    rows per SM), and the 32-row programs with rows 4 wide across threads that the v10 sweep timed faster."""
-    config = kernels.default_group_config(1, 2 * 14336, 4096, 4, 64, kernels._sm_count(torch.device("cuda")))
-    assert (config.block_n, config.groups_per_step * 64 * 4 // 32) == (16, 32)
-    assert group_relative_error(4, 1, (14336, 14336), 4096, 64, torch.bfloat16, "cuda") < 1e-2
-    vector = kernels.LaunchConfig(32, 4, num_warps=1, num_stages=3, thread_rows=4)
-    for m in (1, 2):
-        assert group_relative_error(4, m, (14336, 14336), 4096, 64, torch.bfloat16, "cuda", vector) < 1e-2
+    """gate + up of the 8B shape: default_group_config's 32-row programs, rows 4 wide across threads (24 or more
+    blocks of 8 rows per SM), at 2, 4 and 8 bits and M = 1 and 2."""
+    sm_count = kernels._sm_count(torch.device("cuda"))
+    for bits in (2, 4, 8):
+        config = kernels.default_group_config(1, 2 * 14336, 4096, bits, 64, sm_count)
+        assert (config.block_n, config.thread_rows) == (32, 4), config
+        for m in (1, 2):
+            error = group_relative_error(bits, m, (14336, 14336), 4096, 64, torch.bfloat16, "cuda")
+            assert error < 1e-2, (bits, m, error)
 
 
 @requires_cuda

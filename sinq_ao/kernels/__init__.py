@@ -361,16 +361,17 @@ def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]]) ->
 
 def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes of the grouped GEMV over n rows in all, K unsplit: with at least 24 blocks of 8 rows per SM,
-    16 rows per program and 32-word steps with one warp, else 8 rows and 64-word steps with two warps, one row
-    across threads in both (sweep of the subnormal-code kernel, benchmarks/results/h100/gemv_ab_v9.json, kernel
-    time at M = 1 on an H100: gate + up of the 8B shape, 28672 x 4096, 32.1 us against 34.9 for 8 rows; q + k + v,
-    6144 x 4096, 10.1 us against 10.8 for 128-word steps). The v10 sweep (groups_v10_sweep.json) timed gate + up
-    faster with 32 rows 4 wide across threads (31.2 us against 32.0; M = 2: 37.2 against 39.7); that layout is not
-    the default yet because no GPU correctness run covered it (docs/results.md, v10)."""
+    32 rows per program laid 4 wide across threads (``vector_thread_rows``), 4 groups per step and one warp; else 8
+    rows and 64-word steps with two warps, one row across threads. Kernel time on an H100, M = 1 (M = 2), gate +
+    up of the 8B shape (28672 x 4096): 31.2 us (37.2) against 32.0 (39.7) for v9's 16 rows one across
+    (benchmarks/results/h100/groups_v10_sweep.json); q + k + v (6144 x 4096): 10.1 us against 10.8 for 128-word
+    steps (gemv_ab_v9.json)."""
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
     words_per_group = max(1, group_size * bits // 32)
     if -(-n // 8) >= 24 * sm_count:
-        return config._replace(block_n=16, groups_per_step=max(1, 32 // words_per_group), num_warps=1)
+        groups = max(1, 32 // words_per_group)
+        rows = vector_thread_rows(32, groups, 1, bits, group_size)
+        return config._replace(block_n=32, groups_per_step=groups, num_warps=1, thread_rows=rows)
     return config._replace(block_n=8, groups_per_step=max(1, 64 // words_per_group), num_warps=2)
 
 

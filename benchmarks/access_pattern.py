@@ -16,6 +16,13 @@ bf16 F.linear on the same shape, and a device-to-device copy of the packed words
 bytes each reads (the GEMV: codes, scales, zero-points) over its time. If tiles read clearly faster than rows at
 the GEMV's block sizes, a tiled packing is worth building; if both stream near the copy's rate, the GEMV's gap to
 them lies in its arithmetic or launch, not in where its words sit.
+
+    python benchmarks/access_pattern.py --operands [--shapes ...] [--out results.json]
+
+times the GEMV's loads one operand at a time (operands_kernel, row-major words at the same blocks): the words
+alone, + the scales and zero-points ([BLOCK_N, groups per step] tiles of the two (N, K/g) arrays, as the GEMV
+reads them), + the step's columns of x and t, and the scales and zero-points again from one interleaved
+(N, K/g, 2) copy, beside the GEMV itself. The GEMV's time over the last of these is what its arithmetic costs.
 """
 
 from __future__ import annotations
@@ -58,6 +65,112 @@ def stream_kernel(q_ptr, out_ptr, n_words, n_steps, BLOCK_N: tl.constexpr, STEP:
             offsets = (block * BLOCK_N + r).to(tl.int64) * n_words + s * STEP + w
         acc += tl.load(q_ptr + offsets)
     tl.store(out_ptr + block * BLOCK_N + tl.arange(0, BLOCK_N), tl.sum(acc, axis=1))
+
+
+@triton.jit
+def operands_kernel(q_ptr, s_ptr, z_ptr, x_ptr, t_ptr, out_ptr, n_words, n_groups, n_steps, BLOCK_N: tl.constexpr,
+                    STEP: tl.constexpr, WPG: tl.constexpr, SCALES: tl.constexpr, PACKED: tl.constexpr,
+                    ACTIVATIONS: tl.constexpr, NUM_STAGES: tl.constexpr):  # fmt: skip
+    """stream_kernel's row-major read of the words plus, with SCALES, each step's scales and zero-points ([BLOCK_N,
+    STEP / WPG] tiles of the (N, n_groups) arrays, as the GEMV reads them) and, with ACTIVATIONS, the step's
+    columns of x and t (WPG · 8 per group, 4-bit): the GEMV's loads without its arithmetic. With PACKED, s_ptr
+    points to scales and zero-points interleaved, (N, n_groups, 2), read as one [BLOCK_N, 2 · STEP / WPG] tile per
+    step (z_ptr unused). out[n] = the float sum of row n's words (as int32) and of everything else it read."""
+    block = tl.program_id(0)
+    r = tl.arange(0, BLOCK_N)[:, None]
+    w = tl.arange(0, STEP)[None, :]
+    g = tl.arange(0, STEP // WPG)[None, :]
+    c = tl.arange(0, STEP * 8)
+    acc = tl.zeros((BLOCK_N, STEP), dtype=tl.float32)
+    side = tl.zeros((BLOCK_N, STEP // WPG * (2 if PACKED else 1)), dtype=tl.float32)
+    g2 = tl.arange(0, 2 * (STEP // WPG))[None, :]
+    act = tl.zeros((STEP * 8,), dtype=tl.float32)
+    for s in tl.range(0, n_steps, num_stages=NUM_STAGES):
+        rows = (block * BLOCK_N + r).to(tl.int64)
+        acc += tl.load(q_ptr + rows * n_words + s * STEP + w).to(tl.float32)
+        if PACKED:
+            side += tl.load(s_ptr + rows * (2 * n_groups) + s * (2 * STEP // WPG) + g2).to(tl.float32)
+        elif SCALES:
+            side += tl.load(s_ptr + rows * n_groups + s * (STEP // WPG) + g).to(tl.float32)
+            side += tl.load(z_ptr + rows * n_groups + s * (STEP // WPG) + g).to(tl.float32)
+        if ACTIVATIONS:
+            act += tl.load(x_ptr + s * STEP * 8 + c).to(tl.float32) * tl.load(t_ptr + s * STEP * 8 + c).to(tl.float32)
+    total = tl.sum(acc, axis=1) + tl.sum(side, axis=1) + tl.sum(act, axis=0)
+    tl.store(out_ptr + block * BLOCK_N + tl.arange(0, BLOCK_N), total)
+
+
+def operands(w: SINQTensor, x: torch.Tensor, block_n: int, step: int, warps: int, scales: bool, activations: bool,
+             out: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Run operands_kernel over a 4-bit SINQTensor's words (and its scales, zero-points, t and x if asked; with
+    ``packed`` the scales and zero-points from that (N, n_groups, 2) copy)."""
+    q = w.qdata
+    n, n_words = q.shape
+    wpg = w.group_size * w.bits // 32
+    if n % block_n or n_words % step or step % wpg:
+        raise ValueError(f"N={n}, {n_words} words per row and {wpg} per group do not fit block {block_n}x{step}")
+    operands_kernel[(n // block_n,)](q, w.scale if packed is None else packed, w.zero_point, x, w.act_pre_scale, out,
+                                     n_words, w.scale.shape[1], n_words // step, BLOCK_N=block_n, STEP=step, WPG=wpg,
+                                     SCALES=scales, PACKED=packed is not None, ACTIVATIONS=activations, NUM_STAGES=3,
+                                     num_warps=warps)  # fmt: skip
+    return out
+
+
+def bench_operands(shapes) -> list[dict]:
+    """The GEMV's loads one operand at a time: words only, + scales and zero-points, + x and t, and the same with
+    the scales and zero-points interleaved in one array; beside them the GEMV (F.linear, default blocks)."""
+    rows = []
+    torch.manual_seed(0)
+    for n, k in shapes:
+        sinq = SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+        x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
+        sinq_ws = rotating_copies(sinq)
+        row = {"N": n, "K": k, "gemv_MB": subclass_bytes(sinq) / 1e6, "word_MB": sinq.qdata.nbytes / 1e6,
+               "gemv_us": graph_time_us([functools.partial(F.linear, x[None], w) for w in sinq_ws])}  # fmt: skip
+        out = torch.empty(n, device="cuda", dtype=torch.float32)
+        packs = [torch.stack([w.scale, w.zero_point], dim=-1).contiguous() for w in sinq_ws]
+        for block_n, step, warps in BLOCKS:
+            timing = {"block_n": block_n, "step_words": step, "warps": warps}
+            for name, scales, acts, pack in (("words", False, False, False), ("scales", True, False, False),
+                                              ("all", True, True, False), ("packed", True, False, True),
+                                              ("packed_all", True, True, True)):  # fmt: skip
+                timing[f"{name}_us"] = graph_time_us([functools.partial(operands, w, x, block_n, step, warps, scales,
+                                                                        acts, out, p if pack else None)
+                                                      for w, p in zip(sinq_ws, packs, strict=True)])  # fmt: skip
+            row.setdefault("blocks", []).append(timing)
+        rows.append(row)
+        log(json.dumps(row))
+        del sinq_ws
+        torch.cuda.empty_cache()
+    log(f"\n{'N x K':>13} {'GEMV us':>8}   block      words us  +scales us  +x,t us  packed:+scales  +x,t")
+    for r in rows:
+        for i, b in enumerate(r["blocks"]):
+            lead = f"{r['N']:>6}x{r['K']:<6} {r['gemv_us']:8.2f}" if i == 0 else " " * 22
+            block = f"{b['block_n']:>2}x{b['step_words']:<3}/{b['warps']}w"
+            log(f"{lead}   {block} {b['words_us']:9.2f} {b['scales_us']:11.2f} {b['all_us']:8.2f} "
+                f"{b['packed_us']:15.2f} {b['packed_all_us']:6.2f}")  # fmt: skip
+    return rows
+
+
+def check_operands_kernel() -> None:
+    """Entry point for the TRITON_INTERPRET=1 subprocess (tests): every operand mode sums what it reads, once."""
+    gen = torch.Generator().manual_seed(0)
+    for n, k, block_n, step in [(16, 512, 8, 32), (8, 1024, 4, 64)]:
+        w = SINQTensor.from_hp(torch.randn(n, k, generator=gen), bits=4, group_size=64)
+        w.qdata.copy_(torch.randint(-1000, 1000, w.qdata.shape, generator=gen))  # sums exact in float32
+        x = torch.randn(k, generator=gen)
+        packed = torch.stack([w.scale, w.zero_point], dim=-1).contiguous()
+        words = w.qdata.double().sum(dim=1)
+        side = w.scale.double().sum(dim=1) + w.zero_point.double().sum(dim=1)
+        acts = (x.double() * w.act_pre_scale.double()).sum()
+        for scales, activations, pack in [(False, False, False), (True, False, False), (True, True, False),
+                                          (True, False, True), (True, True, True)]:  # fmt: skip
+            got = operands(w, x, block_n, step, 1, scales, activations, torch.empty(n), packed if pack else None)
+            want = words + (side if scales else 0) + (acts if activations else 0)
+            error = ((got.double() - want).abs().max() / want.abs().max()).item()
+            assert error < 1e-6, (n, k, block_n, step, scales, activations, pack, error)
+            print(f"N={n} K={k} block {block_n}x{step} scales={scales} x,t={activations} packed={pack}: {error:.1e}",
+                  flush=True)  # fmt: skip
+    print("interpreter cases passed")
 
 
 def tile_words(q: torch.Tensor, block_n: int, step: int) -> torch.Tensor:
@@ -151,13 +264,17 @@ def bench(shapes) -> list[dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=layer_shape, help="N x K shapes (default: the 8B and issue shapes)")
+    parser.add_argument("--operands", action="store_true", help="time the GEMV's loads one operand at a time")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
-    rows = bench(args.shapes or SHAPES)
+    if args.operands:
+        rows = bench_operands(args.shapes or SHAPES)
+    else:
+        rows = bench(args.shapes or SHAPES)
     if args.out:
-        write_results(args.out, rows, what="access_pattern")
+        write_results(args.out, rows, what="access_pattern_operands" if args.operands else "access_pattern")
 
 
 if __name__ == "__main__":

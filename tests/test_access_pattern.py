@@ -1,5 +1,5 @@
-"""benchmarks/access_pattern.py's streaming kernel: both word arrangements fold every word once (CPU, through
-Triton's interpreter), and it builds for sm_90 with the GEMV's pipeline."""
+"""benchmarks/access_pattern.py's streaming kernels: both word arrangements fold every word once and every operand
+mode sums what it reads (CPU, through Triton's interpreter), and they build for sm_90 with the GEMV's pipeline."""
 
 import torch
 
@@ -23,6 +23,22 @@ def test_row_sums_wrap_like_int32():
 @requires_interpreter
 def test_stream_kernel_reads_both_arrangements_under_the_interpreter():
     assert_passes_under_the_interpreter("benchmarks.access_pattern", "check_stream_kernel")
+
+
+@requires_interpreter
+def test_operands_kernel_sums_each_operand_it_reads_under_the_interpreter():
+    assert_passes_under_the_interpreter("benchmarks.access_pattern", "check_operands_kernel")
+
+
+def test_operands_kernel_builds_for_hopper_with_a_cp_async_pipeline():
+    from benchmarks.access_pattern import operands_kernel
+
+    constants = {"BLOCK_N": 32, "STEP": 32, "WPG": 8, "SCALES": True, "PACKED": False, "ACTIVATIONS": True,
+                 "NUM_STAGES": 3}  # fmt: skip
+    compiled = compile_for_sm90(operands_kernel, constants, {"q_ptr": "*i32", "out_ptr": "*fp32"},
+                                aligned=["q_ptr", "out_ptr", "n_words", "n_groups"], num_warps=1,
+                                num_stages=3)  # fmt: skip
+    assert "cp.async" in compiled.asm["ptx"]
 
 
 def test_stream_kernel_builds_for_hopper_with_a_cp_async_pipeline():

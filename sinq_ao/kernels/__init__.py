@@ -106,6 +106,11 @@ def even_split(steps: int, target: int) -> int:
     return max(d for d in range(1, max(1, min(target, steps)) + 1) if steps % d == 0)
 
 
+def _words_per_group(bits: int, group_size: int) -> int:
+    """Packed int32 words per quantization group (32 // bits codes each)."""
+    return group_size * bits // 32
+
+
 def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes for an (m x k) @ (k x n) product with ``bits``-wide codes in groups of ``group_size``.
 
@@ -121,7 +126,7 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     about four programs per SM exist. The split always divides the K steps evenly: ragged
     slices need masked loads, which lose vectorization (docs/results.md).
     """
-    words_per_group = max(1, group_size * bits // 32)
+    words_per_group = max(1, _words_per_group(bits, group_size))
     if m <= 2:
         block_m, block_n, num_stages, warps_per_sm = m, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
@@ -312,7 +317,7 @@ def vector_thread_rows(block_n: int, groups_per_step: int, num_warps: int, bits:
     (one 16-byte load) and the four columns' x and t that each code position meets (vector loads): the activation
     tile [thread rows, groups, words] then holds four words per thread and has the words tile's register layout,
     so neither goes through shared memory. At most block_n."""
-    step_words = groups_per_step * max(1, group_size * bits // 32)
+    step_words = groups_per_step * max(1, _words_per_group(bits, group_size))
     return max(1, min(block_n, 4 * 32 * num_warps // step_words))
 
 
@@ -326,7 +331,7 @@ def _launch_gemv(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     m, k = x.shape
     n = out.shape[-1]
     n_words, n_groups = qdata.shape[1], triton.cdiv(k, group_size)
-    words_per_group = group_size * bits // 32
+    words_per_group = _words_per_group(bits, group_size)
     step = config.groups_per_step * words_per_group
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     partial = config.split_k > 1
@@ -367,7 +372,7 @@ def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_
     (benchmarks/results/h100/groups_v10_sweep.json); q + k + v (6144 x 4096): 10.1 us against 10.8 for 128-word
     steps (gemv_ab_v9.json)."""
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
-    words_per_group = max(1, group_size * bits // 32)
+    words_per_group = max(1, _words_per_group(bits, group_size))
     if -(-n // 8) >= 24 * sm_count:
         groups = max(1, 32 // words_per_group)
         rows = vector_thread_rows(32, groups, 1, bits, group_size)
@@ -387,7 +392,7 @@ def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):
         raise ValueError(f"the grouped GEMV does not split K; got LaunchConfig.split_k={config.split_k}")
     qdata, scale = weights[0][0], weights[0][1]
     n_words = qdata.shape[1]
-    words_per_group = group_size * bits // 32
+    words_per_group = _words_per_group(bits, group_size)
     even_k = _whole_steps(n_words, n_words, 1, config.groups_per_step * words_per_group, k, bits)
     args = []  # per weight t, Q, s, z, y, N
     for (q, s, z, t), y in zip(weights, ys, strict=True):
@@ -410,7 +415,7 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     m, k = x.shape
     n = out.shape[-1]
     n_words = qdata.shape[1]
-    block_w = max(config.block_w, group_size * bits // 32)  # whole groups per step
+    block_w = max(config.block_w, _words_per_group(bits, group_size))  # whole groups per step
     words_per_split = triton.cdiv(triton.cdiv(n_words, config.split_k), block_w) * block_w
     even_k = words_per_split * config.split_k == n_words  # every slice whole steps, none past the end
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
@@ -469,7 +474,7 @@ def _mma_product(wrap, config, xp, xsum, qdata, scale, zero_point, bias, out, y,
 def _launch_tile(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias, out, y, has_bias, bits, group_size):
     m, k = x.shape
     n, n_words = y.shape[1], qdata.shape[1]
-    block_w = max(config.block_w, group_size * bits // 32)
+    block_w = max(config.block_w, _words_per_group(bits, group_size))
     while n_words % block_w:  # whole steps: halve down to one group per step (K is a whole number of groups)
         block_w //= 2
     words_per_split = triton.cdiv(n_words // block_w, config.split_k) * block_w

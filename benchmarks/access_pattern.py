@@ -141,14 +141,22 @@ def bench_operands(shapes) -> list[dict]:
         log(json.dumps(row))
         del sinq_ws
         torch.cuda.empty_cache()
-    log(f"\n{'N x K':>13} {'GEMV us':>8}   block      words us  +scales us  +x,t us  packed:+scales  +x,t")
-    for r in rows:
-        for i, b in enumerate(r["blocks"]):
-            lead = f"{r['N']:>6}x{r['K']:<6} {r['gemv_us']:8.2f}" if i == 0 else " " * 22
-            block = f"{b['block_n']:>2}x{b['step_words']:<3}/{b['warps']}w"
-            log(f"{lead}   {block} {b['words_us']:9.2f} {b['scales_us']:11.2f} {b['all_us']:8.2f} "
-                f"{b['packed_us']:15.2f} {b['packed_all_us']:6.2f}")  # fmt: skip
+    log_blocks(rows, f"{'N x K':>13} {'GEMV us':>8}   block      words us  +scales us  +x,t us  packed:+scales  +x,t",
+               lambda r: f"{r['N']:>6}x{r['K']:<6} {r['gemv_us']:8.2f}",
+               lambda b: (f"{b['words_us']:9.2f} {b['scales_us']:11.2f} {b['all_us']:8.2f} {b['packed_us']:15.2f} "
+                          f"{b['packed_all_us']:6.2f}"))  # fmt: skip
     return rows
+
+
+def log_blocks(rows, header: str, lead, cells) -> None:
+    """The per-block table of a benchmark's rows: the header, then one line per shape and block, ``lead(row)`` on
+    a shape's first line (blanks of its width below), the block, and ``cells(block)``."""
+    log(f"\n{header}")
+    for r in rows:
+        first = lead(r)
+        for i, b in enumerate(r.get("blocks", [])):
+            block = f"{b['block_n']:>2}x{b['step_words']:<3}/{b['warps']}w"
+            log(f"{first if i == 0 else ' ' * len(first)}   {block} {cells(b)}")
 
 
 def check_operands_kernel() -> None:
@@ -251,13 +259,9 @@ def bench(shapes) -> list[dict]:
         log(json.dumps(row))
         del words
         torch.cuda.empty_cache()
-    log(f"\n{'N x K':>13} {'copy GB/s':>9} {'bf16':>6} {'GEMV':>6}   block      rows GB/s  tiles GB/s")
-    for r in rows:
-        for i, b in enumerate(r.get("blocks", [])):
-            lead = (f"{r['N']:>6}x{r['K']:<6} {r['copy_GBps']:9.0f} {r['bf16_GBps']:6.0f} {r['gemv_GBps']:6.0f}"
-                    if i == 0 else " " * 38)  # fmt: skip
-            block = f"{b['block_n']:>2}x{b['step_words']:<3}/{b['warps']}w"
-            log(f"{lead}   {block} {b['rows_GBps']:9.0f} {b['tiles_GBps']:11.0f}")
+    log_blocks(rows, f"{'N x K':>13} {'copy GB/s':>9} {'bf16':>6} {'GEMV':>6}   block      rows GB/s  tiles GB/s",
+               lambda r: f"{r['N']:>6}x{r['K']:<6} {r['copy_GBps']:9.0f} {r['bf16_GBps']:6.0f} {r['gemv_GBps']:6.0f}",
+               lambda b: f"{b['rows_GBps']:9.0f} {b['tiles_GBps']:11.0f}")  # fmt: skip
     return rows
 
 

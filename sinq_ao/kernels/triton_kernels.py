@@ -23,11 +23,11 @@ come from the word shifted right once by (23 // BITS) · BITS. Products Q · 2^(
 nothing of the fp32 sums is lost to a bias. The 2^-64 centres the range on typical activations: xs stays finite
 for |t ⊙ x| below 2^43 (about 8.8e12; beyond, the output is inf or NaN), and only terms |Q · (t ⊙ x)| below
 2^-62 (about 2e-19) become subnormal products, with an absolute error below 2^-85 (the tensor-core kernels still
-use the biased 2^23 + Q form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to flush them to zero, which
-is how Triton compiles (no .ftz; tests/test_kernels.py checks the sm_90 build). All activation rows of a block
-(BLOCK_M of them) share each unpacked code, so small batches read the weight once. With SPLIT_K > 1, K slices
-(whole groups) write fp32 partial sums, and the last slice of each block to finish adds them up in slice order
-(deterministic; one counter per block, zeroed by the launcher; no reduction launch).
+use the biased 2^23 + Q form below, whose fma folds the bias away). Subnormals need the fp32 arithmetic not to
+flush them to zero, which is how Triton compiles (no .ftz; tests/test_kernels.py checks the sm_90 build). All
+activation rows of a block (BLOCK_M of them) share each unpacked code, so small batches read the weight once. With
+SPLIT_K > 1, K slices (whole groups) write fp32 partial sums, and the last slice of each block to finish adds them
+up in slice order (deterministic; one counter per block, zeroed by the launcher; no reduction launch).
 
 Up to MMA_MAX_M rows at 4 bits (2 bits with groups of 128 or more) run ``sinq_mma_kernel`` on the tensor cores,
 the codes unscaled as the register operand (its docstring), after ``mma_activations_kernel``: two launches.

@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 1 <= args.m <= (GEMV_MAX_M if len(args.weights) > 1 else GEMV_MAX_BLOCK_M):
         parser.error(f"--m must be 1 to {GEMV_MAX_M} rows for grouped weights (group_supported), 1 to "
                      f"{GEMV_MAX_BLOCK_M} for one weight (the GEMV's rows per program); got {args.m}")  # fmt: skip
+    if args.launches < 1:
+        parser.error(f"--launches must be at least 1, got {args.launches}")
     if args.config is not None and not 2 <= len(args.config) <= len(LaunchConfig._fields):
         parser.error(f"--config takes 2 to {len(LaunchConfig._fields)} fields: {' '.join(LaunchConfig._fields)}")
     args.config = LaunchConfig(*args.config) if args.config else None

@@ -23,6 +23,7 @@ def test_config_fields_fill_a_launch_config_in_order():
     (["--config", "8"], "block_n groups_per_step"),
     (["--m", "3"], "--m must be 1 to 2 rows for grouped weights"),
     (["--weights", "4096x4096", "--m", "0"], "got 0"),
+    (["--launches", "0"], "--launches must be at least 1, got 0"),
 ])  # fmt: skip
 def test_bad_arguments_exit_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit):

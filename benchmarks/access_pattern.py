@@ -129,6 +129,8 @@ def bench_operands(shapes) -> list[dict]:
         out = torch.empty(n, device="cuda", dtype=torch.float32)
         packs = [torch.stack([w.scale, w.zero_point], dim=-1).contiguous() for w in sinq_ws]
         for block_n, step, warps in BLOCKS:
+            if n % block_n or sinq.qdata.shape[1] % step:  # as bench: blocks that do not tile the shape are skipped
+                continue
             timing = {"block_n": block_n, "step_words": step, "warps": warps}
             for name, scales, acts, pack in (("words", False, False, False), ("scales", True, False, False),
                                               ("all", True, True, False), ("packed", True, False, True),

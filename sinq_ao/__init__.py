@@ -8,7 +8,7 @@
 from . import fusion, serialization
 from .calibration import asinq_quantize_, calibration_tokens
 from .config import SINQConfig, sinq_config, skip_lm_head
-from .decode import GraphedDecoder
+from .decode import GraphedDecoder, GraphedStep
 from .fusion import disable_projection_fusion, enable_projection_fusion, grouped_linear
 from .mixed_precision import plan_mixed_precision
 from .quantize import dequantize_weight, quantize_weight
@@ -20,6 +20,7 @@ fusion.enable_from_environment()  # torch.compile groups q/k/v and gate/up into 
 
 __all__ = [
     "GraphedDecoder",
+    "GraphedStep",
     "SINQConfig",
     "SINQTensor",
     "asinq_quantize_",

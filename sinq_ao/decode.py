@@ -4,7 +4,7 @@ Under ``torch.compile``'s own CUDA graphs (``mode="reduce-overhead"``) every ste
 AOTAutograd's unwrapping of each tensor-subclass weight in Python, which on an 8B-shaped model costs more than the
 4-bit kernels save (docs/results.md). Capturing the compiled step once and replaying it skips all of that: on an H100,
 :class:`GraphedDecoder`'s own generate decoded the 8B-shaped SINQ model at 1.98x bf16 (v9). It packages that recipe
-for transformers causal LMs with a ``StaticCache``.
+for transformers causal LMs with a ``StaticCache``; :class:`GraphedStep` is its captured step, usable on its own.
 """
 
 from __future__ import annotations
@@ -29,14 +29,72 @@ def capture(run: Callable[[], torch.Tensor], warmup: int = 3) -> tuple[torch.cud
     return graph, output
 
 
+ARGMAX_CHUNK = 1024  # vocabulary entries per program of the first argmax stage
+
+
+def last_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits[:, -1:].argmax(-1)`` (the first index of the largest logit, shape (batch, 1)) in two reductions:
+    the largest of each chunk of ARGMAX_CHUNK entries, then the largest of those. Inductor runs one reduction over
+    a whole row in a single program (an H100 took 23-36 us per step on a 128256-entry vocabulary); chunked, the
+    first stage spreads over many programs."""
+    last = logits[:, -1]
+    batch, vocab = last.shape
+    chunks = -(-vocab // ARGMAX_CHUNK)
+    padded = torch.nn.functional.pad(last, (0, chunks * ARGMAX_CHUNK - vocab), value=float("-inf"))
+    best, where = padded.view(batch, chunks, ARGMAX_CHUNK).max(-1)
+    chunk = best.argmax(-1, keepdim=True)
+    return chunk * ARGMAX_CHUNK + where.gather(-1, chunk)
+
+
+def greedy_step(model: torch.nn.Module, token: torch.Tensor, cache, position: torch.Tensor) -> torch.Tensor:
+    """One greedy decode step, in place: runs ``token`` (batch, 1) at ``position`` (a one-element tensor) through
+    ``model`` with its ``cache``, then overwrites ``token`` with the argmax of the logits (:func:`last_argmax`) and
+    advances ``position`` by one. Returns ``token``. Compiled, both updates fuse into the step's own kernels."""
+    positions = position[None].expand(token.shape[0], -1)
+    logits = model(input_ids=token, past_key_values=cache, cache_position=position, position_ids=positions).logits
+    token.copy_(last_argmax(logits))
+    position.add_(1)
+    return token
+
+
+class GraphedStep:
+    """:func:`greedy_step` of ``model`` over a transformers ``StaticCache``, compiled (``torch.compile(fullgraph=True)``
+    unless ``compile=False``) and captured in one CUDA graph when constructed. Token and position live in static
+    buffers that each replay reads and advances, so a step is one ``graph.replay()`` and nothing else.
+
+    Construction runs the step four times (compile and warm-up, then the capture), writing the cache at positions
+    ``position`` onwards: fill the cache again (or overwrite those positions) before decoding from it."""
+
+    def __init__(self, model: torch.nn.Module, cache, token: torch.Tensor, position: int, *, compile: bool = True):
+        def step(token: torch.Tensor, cache, position: torch.Tensor) -> torch.Tensor:
+            return greedy_step(model, token, cache, position)
+
+        self.step = torch.compile(step, fullgraph=True) if compile else step
+        self.cache = cache
+        self.token = token.clone()
+        self.position = torch.tensor([position], device=token.device)
+        self.graph, _ = capture(lambda: self.step(self.token, self.cache, self.position))
+
+    def decode(self, token: torch.Tensor, position: int, count: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``count`` greedy steps from ``token`` at ``position``; returns the last token. With ``out`` (batch, count)
+        each step's token is copied there too."""
+        self.token.copy_(token)
+        self.position.fill_(position)
+        for i in range(count):
+            self.graph.replay()
+            if out is not None:
+                out[:, i : i + 1].copy_(self.token)
+        return self.token.clone()
+
+
 class GraphedDecoder:
     """Greedy decoding of a transformers causal LM on CUDA, each step one CUDA-graph replay of the compiled model.
 
     ``max_cache_len`` bounds prompt plus new tokens (a ``StaticCache`` of that length is allocated once);
-    ``batch_size`` prompts of equal length (no padding) are decoded together. The graph is captured at the first
-    :meth:`generate` call (after ``torch.compile``, unless ``compile=False``) and reused while the batch size stays
-    the same. Sampling, stopping at an end-of-sequence token and attention masks are not supported: the result is
-    always ``max_new_tokens`` greedy tokens.
+    ``batch_size`` prompts of equal length (no padding) are decoded together. The graph (a :class:`GraphedStep`) is
+    captured at the first :meth:`generate` call (after ``torch.compile``, unless ``compile=False``) and reused while
+    the batch size stays the same. Sampling, stopping at an end-of-sequence token and attention masks are not
+    supported: the result is always ``max_new_tokens`` greedy tokens.
 
         decoder = GraphedDecoder(model, max_cache_len=1024)
         tokens = decoder.generate(input_ids, max_new_tokens=128)   # (batch, prompt + 128)
@@ -52,20 +110,17 @@ class GraphedDecoder:
             raise ValueError(f"max_cache_len must be at least 2 and batch_size at least 1, got {max_cache_len} and "
                              f"{batch_size}")  # fmt: skip
         self.model = model
+        self.device = device
         self.max_cache_len = max_cache_len
         self.batch_size = batch_size
+        self.compile = compile
         self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-        self.step = torch.compile(model, fullgraph=True) if compile else model
-        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # the graph's static inputs
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.next_token: torch.Tensor | None = None
+        self.step: GraphedStep | None = None
 
-    def _run_step(self) -> torch.Tensor:
-        positions = self.position[None].expand(self.batch_size, -1)
-        logits = self.step(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
-                           position_ids=positions).logits  # fmt: skip
-        return logits[:, -1:].argmax(-1)
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """The captured step's CUDA graph (None before the first :meth:`generate`)."""
+        return None if self.step is None else self.step.graph
 
     def _prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Reset the cache, run the prompt through the (uncompiled) model, return its greedy next token."""
@@ -84,18 +139,13 @@ class GraphedDecoder:
         if max_new_tokens < 1 or prompt < 1 or prompt + max_new_tokens > self.max_cache_len:
             raise ValueError(f"prompt ({prompt}) + max_new_tokens ({max_new_tokens}) must fit in max_cache_len "
                              f"({self.max_cache_len}), with at least one of each")  # fmt: skip
-        input_ids = input_ids.to(self.token.device)
+        input_ids = input_ids.to(self.device)
         token = self._prefill(input_ids)
-        if self.graph is None:
-            self.token.copy_(token)
-            self.position.fill_(prompt)
-            self.graph, self.next_token = capture(self._run_step)
+        if self.step is None:
+            self.step = GraphedStep(self.model, self.cache, token, prompt, compile=self.compile)
             token = self._prefill(input_ids)  # the warm-up steps advanced the cache: start again from the prompt
-        tokens = [input_ids, token]
-        self.token.copy_(token)
-        for i in range(max_new_tokens - 1):
-            self.position.fill_(prompt + i)
-            self.graph.replay()
-            self.token.copy_(self.next_token)
-            tokens.append(self.token.clone())
-        return torch.cat(tokens, dim=1)
+        new = torch.empty(self.batch_size, max_new_tokens, dtype=token.dtype, device=token.device)
+        new[:, :1] = token
+        if max_new_tokens > 1:
+            self.step.decode(token, prompt, max_new_tokens - 1, out=new[:, 1:])
+        return torch.cat([input_ids, new], dim=1)

@@ -1,10 +1,13 @@
-"""GraphedDecoder: greedy decoding with each step replayed from one hand-captured CUDA graph."""
+"""GraphedDecoder / GraphedStep: greedy decoding with each step replayed from one hand-captured CUDA graph."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchao.quantization import quantize_
 
 from sinq_ao import GraphedDecoder, SINQConfig, skip_lm_head
+from sinq_ao.decode import greedy_step, last_argmax
 from tests.helpers import requires_cuda
 from tests.test_model import tiny_llama
 
@@ -12,6 +15,31 @@ from tests.test_model import tiny_llama
 def test_decoder_refuses_a_model_that_is_not_on_cuda():
     with pytest.raises(ValueError, match="CUDA device, got cpu"):
         GraphedDecoder(tiny_llama(), max_cache_len=32)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_greedy_step_advances_token_and_position_in_place_as_generate_does(compiled):
+    """On CPU: the step (what GraphedStep compiles and captures) gives transformers' greedy tokens, writing each
+    into the token buffer and moving the position on by one, also under torch.compile(fullgraph=True)."""
+    from transformers import StaticCache
+
+    model = tiny_llama()
+    quantize_(model, SINQConfig(bits=4))  # lm_head included, as quantize_'s default filter does
+    prompt = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        logits = model(input_ids=prompt, past_key_values=cache, cache_position=torch.arange(5)).logits
+        token = logits[:, -1:].argmax(-1)
+        position = torch.tensor([5])
+        torch._dynamo.reset()
+        step = torch.compile(greedy_step, fullgraph=True) if compiled else greedy_step
+        tokens = [token.clone()]
+        for i in range(5):
+            assert step(model, token, cache, position) is token
+            assert position.item() == 6 + i
+            tokens.append(token.clone())
+    assert torch.equal(torch.cat([prompt, *tokens], dim=1), expected)
 
 
 def _quantized(dtype):
@@ -49,3 +77,16 @@ def test_graph_is_reused_across_prompts_and_validates_lengths():
         decoder.generate(second, max_new_tokens=16)
     with pytest.raises(ValueError, match="batch_size=2"):
         decoder.generate(second[:1], max_new_tokens=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 3), vocab=st.integers(1, 3000), ties=st.booleans(), data=st.data())
+def test_last_argmax_is_the_first_index_of_the_largest_last_logit(batch, vocab, ties, data):
+    """Chunked argmax == torch.argmax over the last position, ties (first index wins), -inf and ragged chunks."""
+    seed = data.draw(st.integers(0, 2**16))
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, 2, vocab, generator=gen)
+    if ties:  # few distinct values: many ties, across chunks too
+        logits = logits.round().clamp(-1, 1)
+    logits[:, :, torch.randint(0, vocab, (vocab // 7,), generator=gen)] = float("-inf")
+    assert torch.equal(last_argmax(logits), logits[:, -1:].argmax(-1))

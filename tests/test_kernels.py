@@ -88,6 +88,15 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
     assert_configs_match_reference(bits, configs, [1, 3, 16, 11, 9, 4, 1, 2], seed=100 + bits)
 
 
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_default_blocks_for_one_row_on_short_rows_match_reference_on_gpu(bits):
+    """The 8B MLP's 14336 x 4096 with one activation row (16 rows per program at 2 and 4 bits, 8 at 8 bits), N
+    not a multiple of the block."""
+    error = kernel_relative_error(bits, 1, 14336 + 5, 4096, 64, torch.bfloat16, "cuda", seed=bits)
+    assert error < 1e-2, (bits, error)
+
+
 def assert_configs_match_reference(bits, configs, ms, seed):
     """Each explicit configuration on its own random (M, N, K) case, N and K not multiples of the blocks."""
     gen = torch.Generator().manual_seed(seed)
@@ -285,6 +294,21 @@ def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_grou
     assert 1 <= config.block_m <= GEMV_MAX_BLOCK_M and config.block_n >= 1 and config.groups_per_step >= 1
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
     assert config.split_k <= max(1, steps)
+
+
+def test_default_config_takes_16_rows_per_program_only_for_one_row_on_many_short_rows():
+    """The measured rule (default_config's docstring): K = 4096 at 4 bits with many rows takes 16; longer rows,
+    fewer rows and two activation rows keep 8."""
+    from sinq_ao.kernels import default_config
+
+    assert default_config(1, 14336, 4096, 4, 64).block_n == 16
+    assert default_config(1, 128256, 4096, 4, 64).block_n == 16
+    assert default_config(1, 14336, 4096, 2, 64).block_n == 16
+    assert default_config(1, 14336, 4096, 8, 64).block_n == 8  # 8-bit rows are twice as long
+    assert default_config(1, 16384, 16384, 4, 64).block_n == 8
+    assert default_config(1, 8192, 8192, 4, 64).block_n == 8
+    assert default_config(1, 4096, 4096, 4, 64).block_n == 8
+    assert default_config(2, 14336, 4096, 4, 64).block_n == 8
 
 
 @given(m=st.integers(2, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]))

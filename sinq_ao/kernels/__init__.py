@@ -48,6 +48,7 @@ MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allo
 # above (measured on an H100: faster than it up to 16 on the shapes, even in sum at 32, slower at 64)
 TILE_MIN_M = 128  # sinq_tile_kernel only above this many rows, and only where tile_preferred
 _REDUCE_BLOCK = 1024
+SHORT_ROW_BITS = 4096 * 4  # rows of at most this many code bits count as short for the one-row GEMV's blocks
 
 
 class LaunchConfig(NamedTuple):
@@ -118,7 +119,11 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     for one activation row, 8 rows per program and a 3-stage software pipeline; with many row blocks (at least 6
     per SM: N >= 8192 here) 64 words per step and one warp (14336 x 4096: 19.8 us against 24.9 for the next
     choice), with fewer 128 words per step shared by two warps, which splits K inside the program (4096 x 14336:
-    19.3 us against 21.4; 4096^2 8.6 against 8.8; 1024 x 4096 6.6 against 6.8). K is split across programs until
+    19.3 us against 21.4; 4096^2 8.6 against 8.8; 1024 x 4096 6.6 against 6.8). One activation row on short rows
+    (at most SHORT_ROW_BITS bits of codes, e.g. K = 4096 at 4 bits) with at least 6 blocks of 16 rows per SM takes
+    16 rows per program (kernel timer, layers_v11_k_warps_sweep.json / layers_v12_lm_head_sweep.json: 14336 x 4096
+    17.6 us against 18.9 for 8 rows; the 8B lm_head, 128256 x 4096, 118.3 against 136.5; 8192^2 and 16384^2, with
+    longer rows, keep 8: 19.8 against 20.0 and 64.0 against 65.1). K is split across programs until
     about 3.5 warps per SM exist (1024 x 4096: 2 slices; 4096^2 stays whole: 8.6 us against 12.3 in 2 slices). Two
     rows take the same blocks with both rows in each program (benchmarks/small_m.py, small_m_v6.json:
     4096^2 10.7 us against 14.5 for sinq_mma_kernel, 8192^2 28.1 against 41.9). For 3-4 rows (explicitly asked
@@ -130,6 +135,8 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     if m <= 2:
         block_m, block_n, num_stages, warps_per_sm = m, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
+        if m == 1 and -(-n // 16) >= 6 * sm_count and k * bits <= SHORT_ROW_BITS:
+            block_n = 16  # measured faster on short rows (above)
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
         block_n, words_per_step, num_warps, num_stages = 64, 16, 4, 1

@@ -4,7 +4,7 @@
                                            [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--timer graph|kernels]
                                            [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead|decoder]
-                                           [--pdl]
+                                           [--pdl] [--lm-head bf16|quantized]
                                            [--variants bf16 sinq sinq-unfused tinygemm] [--mark-static] [--profile]
     python benchmarks/gpu_speed.py groups  [--sweep] [--ms 1 2]
     python benchmarks/gpu_speed.py quant-time [--sweep]
@@ -23,8 +23,9 @@ decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (ran
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
             SINQ 4-bit g64 (q/k/v and gate/up grouped into one launch each; sinq-unfused: not grouped) and torchao
             Int4WeightOnlyConfig (tinygemm); --graph decoder times sinq_ao.GraphedDecoder.generate instead, and
-            --pdl compiles with Inductor's programmatic dependent launch. --profile (manual graph) adds each kernel's
-            GPU time per step and the last step's kernels in launch order.
+            --pdl compiles with Inductor's programmatic dependent launch. lm_head stays bf16 in every variant unless
+            --lm-head quantized (quantize_'s default filter, which includes it). --profile (manual graph) adds each
+            kernel's GPU time per step and the last step's kernels in launch order.
 groups:     the grouped GEMV (one launch for the weights that share an input) on the 8B shape's q + k + v and
             gate + up, against one launch per weight, kernel time per call (kernel_time_us) over copies that
             overflow L2; --sweep also times candidate block sizes (group_candidates).
@@ -52,7 +53,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinq_ao import SINQConfig, SINQTensor, disable_projection_fusion, enable_projection_fusion  # noqa: E402
-from sinq_ao.decode import capture
+from sinq_ao.decode import GraphedStep
 from sinq_ao.kernels import (  # noqa: E402
     GEMV_MAX_BLOCK_M,
     GEMV_MAX_M,
@@ -179,8 +180,8 @@ def gemv_candidates(m, n, k, bits, group_size=64, stages=(1, 3, 4)):
     n_groups = -(-k // group_size)
     block_m = min(1 << (m - 1).bit_length(), GEMV_MAX_BLOCK_M)  # a power of two, at most 4
     for block_n, groups, warps in [(4, 8, 1), (8, 4, 1), (8, 8, 1), (8, 16, 1), (16, 4, 1), (16, 8, 1), (8, 8, 2),
-                                   (16, 8, 2), (16, 16, 2), (32, 8, 4), (8, 16, 2), (8, 32, 4), (4, 16, 2),
-                                   (4, 32, 4)]:  # fmt: skip
+                                   (16, 8, 2), (16, 16, 2), (32, 4, 1), (32, 8, 4), (8, 16, 2), (8, 32, 4),
+                                   (4, 16, 2), (4, 32, 4)]:  # fmt: skip
         programs = -(-n // block_n) * -(-m // block_m)
         splits = {even_split(n_groups // groups, -(-per_sm * 132 // programs)) for per_sm in (2, 4, 8)}
         for split in sorted(splits):
@@ -401,16 +402,19 @@ def build_llama(layers: int):
     return model
 
 
-def quantize_variant(model, variant: str):
+def quantize_variant(model, variant: str, lm_head: str = "bf16"):
+    """Quantize the model's linears for a decode variant; ``lm_head="quantized"`` includes the output head, as
+    ``quantize_``'s default filter does (with "bf16" it stays as it is)."""
     from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
     from sinq_ao import skip_lm_head
 
+    filter_fn = (lambda module, fqn: isinstance(module, torch.nn.Linear)) if lm_head == "quantized" else skip_lm_head
     if variant in ("sinq", "sinq-unfused"):
-        quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=skip_lm_head)
+        quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=filter_fn)
     elif variant == "tinygemm":
         quantize_(model, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"),
-                  filter_fn=skip_lm_head)  # fmt: skip
+                  filter_fn=filter_fn)  # fmt: skip
 
 
 PROMPT_TOKENS = 16  # the decode benchmarks' prompt
@@ -443,39 +447,13 @@ def greedy_decode(step, cache, token, count: int, position: int):
     return token, position + count
 
 
-class GraphedDecodeStep:
-    """One decode step of ``torch.compile(model)`` (Inductor, no CUDA graphs of its own) captured by hand in a
-    CUDA graph: token and position live in static buffers, the static KV cache is updated in place."""
-
-    def __init__(self, model, cache, token, position: int):
-        self.compiled = torch.compile(model, fullgraph=True)
-        self.cache = cache
-        self.token = token.clone()
-        self.position = torch.tensor([position], device="cuda")
-        # compile and warm up (these steps write the cache), then capture: sinq_ao.decode's helper
-        self.graph, self.next_token = capture(self._run)
-
-    def _run(self):
-        logits = self.compiled(input_ids=self.token, past_key_values=self.cache, cache_position=self.position,
-                               position_ids=self.position[None]).logits  # fmt: skip
-        return logits[:, -1:].argmax(-1)
-
-    def decode(self, token, count: int, position: int):
-        self.token.copy_(token)
-        for i in range(count):
-            self.position.fill_(position + i)
-            self.graph.replay()
-            self.token.copy_(self.next_token)
-        return self.token.clone(), position + count
-
-
-def profile_step(graphed: GraphedDecodeStep, token, steps: int = 8) -> tuple[list[dict], list[dict]]:
+def profile_step(graphed: GraphedStep, token, steps: int = 8) -> tuple[list[dict], list[dict]]:
     """GPU time per decode step of each kernel (by name) in the captured step's CUDA graph, largest first (also
     printed), and the last step's kernels in launch order with their times."""
-    graphed.decode(token, 2, PROMPT_TOKENS)
+    graphed.decode(token, PROMPT_TOKENS, 2)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        graphed.decode(token, steps, PROMPT_TOKENS)
+        graphed.decode(token, PROMPT_TOKENS, steps)
         torch.cuda.synchronize()
     kernels = [{"name": e.key[:120], "calls": e.count / steps, "us": e.self_device_time_total / steps}
                for e in prof.key_averages() if e.self_device_time_total > 0]  # fmt: skip
@@ -518,7 +496,7 @@ def bench_decode(args) -> list[dict]:
         (disable_projection_fusion if variant == "sinq-unfused" else enable_projection_fusion)()
         model = build_llama(args.layers)
         start = time.perf_counter()
-        quantize_variant(model, variant)
+        quantize_variant(model, variant, args.lm_head)
         torch.cuda.synchronize()
         quant_s = time.perf_counter() - start
         weights_gib = sum(
@@ -534,7 +512,8 @@ def bench_decode(args) -> list[dict]:
         graph = "GraphedDecoder" if args.graph == "decoder" else args.graph
         graph += " (marked static)" if args.mark_static and args.graph == "reduce-overhead" else ""
         row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
-               "graph": graph, **extra, "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
+               "graph": graph, "lm_head": "bf16" if variant == "bf16" else args.lm_head, **extra,
+               "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
                "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
         if args.profile and graphed is not None:
             row["kernels_per_step"], row["last_step_kernels"] = profile_step(graphed, token)
@@ -545,25 +524,28 @@ def bench_decode(args) -> list[dict]:
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)
-    log(f"\n{'variant':>10} {'tok/s':>8} {'x bf16':>7} {'weights GiB':>11}")
+    log(f"\n{'variant':>10} {'lm_head':>9} {'tok/s':>8} {'x bf16':>7} {'weights GiB':>11}")
     for r in rows:
         ratio = r["tokens_per_s"] / base if base else float("nan")
-        log(f"{r['variant']:>10} {r['tokens_per_s']:8.1f} {ratio:7.2f} {r['weights_GiB']:11.2f}")
+        log(f"{r['variant']:>10} {r['lm_head']:>9} {r['tokens_per_s']:8.1f} {ratio:7.2f} {r['weights_GiB']:11.2f}")
     return rows
 
 
 def time_compiled_steps(model, args):
     """The benchmark's own decode loop (--graph manual or reduce-overhead): (compile + capture seconds, tokens/s,
-    the GraphedDecodeStep (--graph manual) or None, the token the timed steps started from)."""
+    the GraphedStep (--graph manual) or None, the token the timed steps started from)."""
     # every step advances the cache's own fill counter (8 spare entries; the profile's 10 steps take 16 more)
     spare = 24 if args.profile else 8
     cache, token = prefill(model, PROMPT_TOKENS + args.tokens + spare)
     compile_start = time.perf_counter()
     graphed = step = None
     if args.graph == "manual":
-        graphed = GraphedDecodeStep(model, cache, token, PROMPT_TOKENS)
-        token, position = graphed.decode(token, 3, PROMPT_TOKENS)
-        run = graphed.decode
+        # the compiled step (argmax included) captured by hand: sinq_ao.decode.GraphedStep
+        graphed = GraphedStep(model, cache, token, PROMPT_TOKENS)
+        token, position = graphed.decode(token, PROMPT_TOKENS, 3), PROMPT_TOKENS + 3
+
+        def run(token, count, position):  # as greedy_decode
+            return graphed.decode(token, position, count), position + count
     else:
         if args.mark_static:
             for param in model.parameters():
@@ -677,6 +659,9 @@ def main(argv=None):
     parser.add_argument("--pdl", action="store_true",
                         help="decode: compile with Inductor's programmatic dependent launch (its Triton kernels may "
                         "start while the previous kernel finishes; torch._inductor.config.triton.enable_pdl)")
+    parser.add_argument("--lm-head", choices=["bf16", "quantized"], default="bf16",
+                        help="decode: keep the output head in bf16 in every variant (default), or quantize it in the "
+                        "quantized variants as quantize_'s default filter does")
     parser.add_argument("--profile", action="store_true",
                         help="decode: also list each kernel's GPU time per step (torch.profiler, manual graph only)")
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"],

@@ -113,13 +113,16 @@ def test_decode_benchmark_runs_every_decode_loop_without_autograd(monkeypatch):
         return 1.0, 50.0, 0.5
 
     monkeypatch.setattr(gpu_speed, "build_llama", lambda layers: torch.nn.Linear(4, 4))
-    monkeypatch.setattr(gpu_speed, "quantize_variant", lambda model, variant: None)
+    heads = []
+    monkeypatch.setattr(gpu_speed, "quantize_variant", lambda model, variant, lm_head: heads.append(lm_head))
     monkeypatch.setattr(gpu_speed, "time_compiled_steps", steps)
     monkeypatch.setattr(gpu_speed, "time_graphed_decoder", decoder)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     rows = []
     for graph in ("manual", "decoder"):
-        args = argparse.Namespace(variants=["bf16"], layers=1, tokens=2, graph=graph, mark_static=False, profile=False)
+        args = argparse.Namespace(variants=["bf16", "sinq"], layers=1, tokens=2, graph=graph, mark_static=False,
+                                  profile=False, lm_head="quantized")  # fmt: skip
         rows += gpu_speed.bench_decode(args)
-    assert grad_enabled == [False, False]
-    assert [r["tokens_per_s"] for r in rows] == [100.0, 50.0] and rows[1]["generate_s"] == 0.5
+    assert grad_enabled == [False] * 4 and heads == ["quantized"] * 4
+    assert [r["tokens_per_s"] for r in rows] == [100.0, 100.0, 50.0, 50.0] and rows[2]["generate_s"] == 0.5
+    assert [r["lm_head"] for r in rows] == ["bf16", "quantized"] * 2  # bf16 keeps its head whatever --lm-head says

@@ -57,6 +57,16 @@ def greedy_step(model: torch.nn.Module, token: torch.Tensor, cache, position: to
     return token
 
 
+def _check_token(token: torch.Tensor, batch: int | None = None) -> None:
+    """A (batch, 1) integer tensor of token ids (of ``batch`` rows, when given), else a ValueError."""
+    not_ids = token.dtype.is_floating_point or token.dtype.is_complex or token.dtype == torch.bool
+    if token.dim() != 2 or token.shape[1] != 1 or not_ids:
+        raise ValueError(f"token must be a (batch, 1) integer tensor of token ids, got shape {tuple(token.shape)} "
+                         f"and dtype {token.dtype}")  # fmt: skip
+    if batch is not None and token.shape[0] != batch:
+        raise ValueError(f"token has {token.shape[0]} rows; this step was captured for {batch}")
+
+
 class GraphedStep:
     """:func:`greedy_step` of ``model`` over a transformers ``StaticCache``, compiled (``torch.compile(fullgraph=True)``
     unless ``compile=False``) and captured in one CUDA graph when constructed. Token and position live in static
@@ -66,6 +76,12 @@ class GraphedStep:
     ``position`` onwards: fill the cache again (or overwrite those positions) before decoding from it."""
 
     def __init__(self, model: torch.nn.Module, cache, token: torch.Tensor, position: int, *, compile: bool = True):
+        _check_token(token)
+        if token.device.type != "cuda":
+            raise ValueError(f"GraphedStep replays CUDA graphs: token must be on a CUDA device, got {token.device}")
+        if position < 0:
+            raise ValueError(f"position must be non-negative, got {position}")
+
         def step(token: torch.Tensor, cache, position: torch.Tensor) -> torch.Tensor:
             return greedy_step(model, token, cache, position)
 
@@ -78,6 +94,12 @@ class GraphedStep:
     def decode(self, token: torch.Tensor, position: int, count: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """``count`` greedy steps from ``token`` at ``position``; returns the last token. With ``out`` (batch, count)
         each step's token is copied there too."""
+        _check_token(token, self.token.shape[0])
+        if count < 0 or position < 0:
+            raise ValueError(f"count and position must be non-negative, got {count} and {position}")
+        if out is not None and tuple(out.shape) != (self.token.shape[0], count):
+            raise ValueError(f"out must have shape (batch, count) = {(self.token.shape[0], count)}, got "
+                             f"{tuple(out.shape)}")  # fmt: skip
         self.token.copy_(token)
         self.position.fill_(position)
         for i in range(count):

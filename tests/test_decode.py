@@ -1,5 +1,7 @@
 """GraphedDecoder / GraphedStep: greedy decoding with each step replayed from one hand-captured CUDA graph."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -90,3 +92,31 @@ def test_last_argmax_is_the_first_index_of_the_largest_last_logit(batch, vocab, 
         logits = logits.round().clamp(-1, 1)
     logits[:, :, torch.randint(0, vocab, (vocab // 7,), generator=gen)] = float("-inf")
     assert torch.equal(last_argmax(logits), logits[:, -1:].argmax(-1))
+
+
+@pytest.mark.parametrize("token, message", [
+    (torch.zeros(2, 1, dtype=torch.long), "CUDA device, got cpu"),
+    (torch.zeros(2, dtype=torch.long), "token must be a (batch, 1) integer tensor"),
+    (torch.zeros(2, 3, dtype=torch.long), "got shape (2, 3)"),
+    (torch.zeros(2, 1), "dtype torch.float32"),
+])  # fmt: skip
+def test_graphed_step_refuses_bad_tokens_before_compiling(token, message):
+    from sinq_ao import GraphedStep
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GraphedStep(tiny_llama(), None, token, 5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda step: step.decode(torch.zeros(3, 1, dtype=torch.long), 5, 4), "3 rows; this step was captured for 2"),
+    (lambda step: step.decode(torch.zeros(2, 1, dtype=torch.long), 5, -1), "got -1 and 5"),
+    (lambda step: step.decode(torch.zeros(2, 1, dtype=torch.long), 5, 4, out=torch.zeros(2, 3)), "got (2, 3)"),
+])  # fmt: skip
+def test_graphed_step_decode_checks_its_arguments_before_replaying(call, message):
+    """The checks run before any replay (a step whose graph was never captured: no GPU needed)."""
+    from sinq_ao import GraphedStep
+
+    step = GraphedStep.__new__(GraphedStep)
+    step.token = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(step)

@@ -14,7 +14,6 @@ kernel's time in the last profiled step, and the GPU time per step of all kernel
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -54,8 +53,8 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def run(args) -> list[dict]:
-    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "0"
-    torch._inductor.config.fx_graph_cache = False
+    torch._inductor.config.fx_graph_cache = False  # each setting compiles afresh
+    torch._functorch.config.enable_autograd_cache = False
     vocab = gpu_speed.LLAMA3_8B["vocab_size"]
     rows = []
     try:

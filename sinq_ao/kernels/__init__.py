@@ -374,10 +374,10 @@ def group_supported(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]]) ->
 def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count: int = 132) -> LaunchConfig:
     """Block sizes of the grouped GEMV over n rows in all, K unsplit: with at least 24 blocks of 8 rows per SM,
     32 rows per program laid 4 wide across threads (``vector_thread_rows``), 32-word steps (4 groups of 64 codes
-    at 4 bits) and one warp; else 8 rows and 64-word steps with two warps, one row across threads. Kernel time on an H100, M = 1 (M = 2), gate +
-    up of the 8B shape (28672 x 4096): 31.2 us (37.2) against 32.0 (39.7) for v9's 16 rows one across
-    (benchmarks/results/h100/groups_v10_sweep.json); q + k + v (6144 x 4096): 10.1 us against 10.8 for 128-word
-    steps (gemv_ab_v9.json)."""
+    at 4 bits) and one warp; else 8 rows and 64-word steps with two warps, one row across threads. Kernel time
+    on an H100, M = 1 (M = 2), gate + up of the 8B shape (28672 x 4096): 31.2 us (37.2) against 32.0 (39.7) for
+    v9's 16 rows one across (benchmarks/results/h100/groups_v10_sweep.json); q + k + v (6144 x 4096): 10.1 us
+    against 10.8 for 128-word steps (gemv_ab_v9.json)."""
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
     words_per_group = max(1, _words_per_group(bits, group_size))
     if -(-n // 8) >= 24 * sm_count:

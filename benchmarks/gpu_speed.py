@@ -1,12 +1,13 @@
-"""GPU speed of SINQ 4-bit against bf16 and tinygemm int4, all measured in one run (ratios within the run).
+"""GPU speed of SINQ (4-bit unless --bits) against bf16 and tinygemm int4, all measured in one run (ratios within
+the run).
 
     python benchmarks/gpu_speed.py layers  [--sweep [--kernels gemv gemm mma tile] [--gemv-stages 1 3 4]]
                                            [--ms 1 4 16 ...] [--shapes 4096x4096 ...] [--timer graph|kernels]
-                                           [--out results.json]
+                                           [--bits 4] [--out results.json]
     python benchmarks/gpu_speed.py decode  [--layers 32] [--tokens 128] [--graph manual|reduce-overhead|decoder]
                                            [--pdl] [--lm-head bf16|quantized]
                                            [--variants bf16 sinq sinq-unfused tinygemm] [--mark-static] [--profile]
-    python benchmarks/gpu_speed.py groups  [--sweep] [--ms 1 2]
+    python benchmarks/gpu_speed.py groups  [--sweep] [--ms 1 2] [--bits 4]
     python benchmarks/gpu_speed.py quant-time [--sweep]
 
 layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear, SINQ (F.linear on the SINQTensor:
@@ -17,18 +18,21 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             so they overflow the 50 MB L2), replayed and divided by R (--timer kernels: the profiler's kernel time per
             call instead, memsets left out). --sweep also times candidate block sizes of the kernels (the GEMV up to
             GEMV_MAX_BLOCK_M rows, each with one row and with vector_thread_rows rows across threads; the
-            tensor-core kernels from 2, the many-row kernel from 32) and reports the best.
+            tensor-core kernels from 2, the many-row kernel from 32) and reports the best. --bits sets SINQ's code
+            width (g64; tinygemm stays 4-bit): at widths the tensor-core kernels do not read (3, 5, 6, 7) only
+            M <= GEMV_MAX_M runs fused, and the sweep times GEMV candidates alone.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
             SINQ 4-bit g64 (q/k/v and gate/up grouped into one launch each; sinq-unfused: not grouped) and torchao
-            Int4WeightOnlyConfig (tinygemm); --graph decoder times sinq_ao.GraphedDecoder.generate instead, and
-            --pdl compiles with Inductor's programmatic dependent launch. lm_head stays bf16 in every variant unless
-            --lm-head quantized (quantize_'s default filter, which includes it). --profile (manual graph) adds each
-            kernel's GPU time per step and the last step's kernels in launch order.
+            Int4WeightOnlyConfig (tinygemm); --bits sets the sinq variants' code width; --graph decoder times
+            sinq_ao.GraphedDecoder.generate instead, and --pdl compiles with Inductor's programmatic dependent
+            launch. lm_head stays bf16 in every variant unless --lm-head quantized (quantize_'s default filter,
+            which includes it). --profile (manual graph) adds each kernel's GPU time per step and the last step's
+            kernels in launch order.
 groups:     the grouped GEMV (one launch for the weights that share an input) on the 8B shape's q + k + v and
             gate + up, against one launch per weight, kernel time per call (kernel_time_us) over copies that
-            overflow L2; --sweep also times candidate block sizes (group_candidates).
+            overflow L2; --sweep also times candidate block sizes (group_candidates); --bits as for layers.
 quant-time: time to quantize all linear weights of that 8B-shaped model on the GPU, SINQ vs RTN, same run;
             --sweep also times the Sinkhorn kernel's block sizes on each weight shape.
 """
@@ -57,6 +61,8 @@ from sinq_ao.decode import GraphedStep
 from sinq_ao.kernels import (  # noqa: E402
     GEMV_MAX_BLOCK_M,
     GEMV_MAX_M,
+    KERNEL_BITS,
+    MMA_BITS,
     MMA_MAX_M,
     LaunchConfig,
     MmaConfig,
@@ -200,7 +206,7 @@ def _with_thread_rows(configs, bits=4, group_size=64):
     return out
 
 
-def group_candidates(m):
+def group_candidates(m, bits=4):
     """Grouped-GEMV configurations tried by --sweep (K unsplit): rows per program, groups per step (64-code groups:
     8 words each at 4 bits) and warps, 3-stage pipeline, each with one row and with vector_thread_rows rows
     across threads (_with_thread_rows)."""
@@ -208,7 +214,7 @@ def group_candidates(m):
     shapes = [(8, 4, 1), (8, 8, 1), (8, 8, 2), (8, 16, 2), (16, 2, 1), (16, 4, 1), (16, 4, 2), (16, 8, 1), (16, 8, 2),
               (32, 2, 1), (32, 4, 2), (32, 8, 2), (32, 4, 1)]  # fmt: skip
     return _with_thread_rows([LaunchConfig(block_n, groups, 1, warps, block_m, 3)
-                              for block_n, groups, warps in shapes])
+                              for block_n, groups, warps in shapes], bits)
 
 
 GROUPS_8B = {"q+k+v": (4096, 1024, 1024), "gate+up": (14336, 14336)}  # out features; K = 4096 for both
@@ -216,12 +222,13 @@ GROUPS_8B = {"q+k+v": (4096, 1024, 1024), "gate+up": (14336, 14336)}  # out feat
 
 def bench_groups(args) -> list[dict]:
     rows = []
+    bits = args.bits
     torch.manual_seed(0)
     ms = [m for m in args.ms if m <= GEMV_MAX_M] or [1]  # the grouped kernel's rows
     for name, ns in GROUPS_8B.items():
         k = 4096
         copies = copies_for(sum(ns) * k // 2)
-        sets = [[SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+        sets = [[SINQTensor.from_hp(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), bits=bits, group_size=64)
                  for n in ns] for _ in range(copies)]  # fmt: skip
         inner = [[(w.qdata, w.scale, w.zero_point, w.act_pre_scale) for w in ws] for ws in sets]
         for m in ms:
@@ -229,15 +236,16 @@ def bench_groups(args) -> list[dict]:
             ys = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for n in ns]
 
             def grouped(config=None, x=x, ys=ys, inner=inner):
-                return [lambda ws=ws: launch_group(x, ws, ys, 4, 64, config=config) for ws in inner]
+                return [lambda ws=ws: launch_group(x, ws, ys, bits, 64, config=config) for ws in inner]
 
-            separate = [lambda ws=ws, x=x, ys=ys: [launch(x, *w, None, y, 4, 64) for w, y in zip(ws, ys, strict=True)]
-                        for ws in inner]  # fmt: skip
-            default = default_group_config(m, sum(ns), k, 4, 64, _sm_count(x.device))  # as launch_group picks it
-            row = {"group": name, "ns": list(ns), "K": k, "M": m, "separate_us": kernel_time_us(separate, repeats=10),
+            separate = [lambda ws=ws, x=x, ys=ys: [launch(x, *w, None, y, bits, 64)
+                                                   for w, y in zip(ws, ys, strict=True)] for ws in inner]  # fmt: skip
+            default = default_group_config(m, sum(ns), k, bits, 64, _sm_count(x.device))  # as launch_group picks it
+            row = {"group": name, "ns": list(ns), "K": k, "M": m, "bits": bits,
+                   "separate_us": kernel_time_us(separate, repeats=10),
                    "default": default._asdict(), "grouped_us": kernel_time_us(grouped(), repeats=10)}  # fmt: skip
             if args.sweep:
-                for config in group_candidates(m):
+                for config in group_candidates(m, bits):
                     try:
                         us = kernel_time_us(grouped(config), repeats=10)
                     except triton.runtime.errors.OutOfResources:
@@ -315,35 +323,39 @@ def tile_candidates(m, n, k, bits=4):
 KERNEL_FAMILIES = ("gemv", "gemm", "mma", "tile")
 
 
-def sweep_candidates(m, n, k, families=KERNEL_FAMILIES, gemv_stages=(1, 3, 4)):
-    """The --sweep candidates of the chosen kernel families for M activation rows (4-bit, groups of 64)."""
+def sweep_candidates(m, n, k, families=KERNEL_FAMILIES, gemv_stages=(1, 3, 4), bits=4):
+    """The --sweep candidates of the chosen kernel families for M activation rows (groups of 64); at code widths
+    the tensor-core kernels do not read, the GEMV's alone."""
     candidates = []
     if "gemv" in families and m <= GEMV_MAX_BLOCK_M:
-        candidates += gemv_candidates(m, n, k, 4, stages=gemv_stages)
+        candidates += gemv_candidates(m, n, k, bits, stages=gemv_stages)
+    if bits not in KERNEL_BITS:
+        return candidates
     if "gemm" in families and m > 1:
-        candidates += gemm_candidates(m, n, k, 4)
-    if "mma" in families and m > 1 and k % 64 == 0:
+        candidates += gemm_candidates(m, n, k, bits)
+    if "mma" in families and m > 1 and k % 64 == 0 and bits in MMA_BITS:
         candidates += mma_candidates(m, n, k)
     if "tile" in families and m > 1 and k % 64 == 0:
-        candidates += tile_candidates(m, n, k)
+        candidates += tile_candidates(m, n, k, bits)
     return candidates
 
 
 def bench_layers(args) -> list[dict]:
     timer = {"graph": graph_time_us, "kernels": kernel_time_us}[args.timer]
     rows = []
+    bits = args.bits
     torch.manual_seed(0)
     for n, k in args.shapes or SHAPES:
         torch._dynamo.reset()
         compiled_plain = torch.compile(plain_linear)
         weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        sinq = SINQTensor.from_hp(weight, bits=4, group_size=64)
+        sinq = SINQTensor.from_hp(weight, bits=bits, group_size=64)
         bf16_ws = rotating_copies(weight)
         sinq_ws = rotating_copies(sinq)
         tiny_ws = rotating_copies(tinygemm_linear(weight).weight, count=len(sinq_ws))
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            row = {"N": n, "K": k, "M": m}
+            row = {"N": n, "K": k, "M": m, "bits": bits}
             row["bf16_us"] = timer([lambda w=w: F.linear(x, w) for w in bf16_ws])
             row["sinq_us"] = timer([lambda w=w: F.linear(x, w) for w in sinq_ws])
             row["tinygemm_us"] = timer([lambda w=w: F.linear(x, w) for w in tiny_ws])
@@ -351,18 +363,19 @@ def bench_layers(args) -> list[dict]:
 
             def config_us(config, x=x, y=y, ws=sinq_ws):
                 """The op's launch with an explicit configuration, timed over the SINQ copies."""
-                return timer([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 64,
-                                                 config=config) for w in ws])  # fmt: skip
+                return timer([lambda w=w: launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, bits,
+                                                 64, config=config) for w in ws])  # fmt: skip
 
-            if 1 < m <= MMA_MAX_M:  # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel
-                row["sinq_gemm_us"] = config_us(default_gemm_config(m, n, k, 4))
-            if m > MMA_MAX_M:  # the many-row kernel with its default configuration
-                row["sinq_tile_us"] = config_us(default_tile_config(m, n, k, 4))
+            # the older tensor-core kernel, which the dispatcher used before sinq_mma_kernel; the many-row kernel
+            if 1 < m <= MMA_MAX_M and bits in KERNEL_BITS:
+                row["sinq_gemm_us"] = config_us(default_gemm_config(m, n, k, bits))
+            if m > MMA_MAX_M and bits in KERNEL_BITS:
+                row["sinq_tile_us"] = config_us(default_tile_config(m, n, k, bits))
             if m >= 4:
                 row["sinq_inductor_us"] = timer([lambda w=w: compiled_plain(x, w) for w in sinq_ws])
             if args.sweep:
                 best = None
-                for config in sweep_candidates(m, n, k, args.kernels, tuple(args.gemv_stages)):
+                for config in sweep_candidates(m, n, k, args.kernels, tuple(args.gemv_stages), bits):
                     try:
                         us = config_us(config)
                     except triton.runtime.errors.OutOfResources:  # a candidate too large for shared memory
@@ -382,7 +395,8 @@ def bench_layers(args) -> list[dict]:
             log(json.dumps(row))
         del bf16_ws, sinq_ws, tiny_ws
         torch.cuda.empty_cache()
-    log(f"\n{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
+    log(f"\nSINQ {bits}-bit g64 (tinygemm 4-bit g64)")
+    log(f"{'N x K':>13} {'M':>4} {'bf16 µs':>8} {'SINQ µs':>8} {'tinygemm':>8} {'x bf16':>7} {'x tiny':>7}"
         f" {'old gemm':>8} {'tile':>8} {'inductor':>8} {'best cfg µs':>11}")  # fmt: skip
     for r in rows:
         log(f"{r['N']:>6}x{r['K']:<6} {r['M']:>4} {r['bf16_us']:8.1f} {r['sinq_us']:8.1f} {r['tinygemm_us']:8.1f}"
@@ -402,16 +416,16 @@ def build_llama(layers: int):
     return model
 
 
-def quantize_variant(model, variant: str, lm_head: str = "bf16"):
-    """Quantize the model's linears for a decode variant; ``lm_head="quantized"`` includes the output head, as
-    ``quantize_``'s default filter does (with "bf16" it stays as it is)."""
+def quantize_variant(model, variant: str, lm_head: str = "bf16", bits: int = 4):
+    """Quantize the model's linears for a decode variant (sinq variants with ``bits``-wide codes); ``lm_head=
+    "quantized"`` includes the output head, as ``quantize_``'s default filter does (with "bf16" it stays as it is)."""
     from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
     from sinq_ao import skip_lm_head
 
     filter_fn = (lambda module, fqn: isinstance(module, torch.nn.Linear)) if lm_head == "quantized" else skip_lm_head
     if variant in ("sinq", "sinq-unfused"):
-        quantize_(model, SINQConfig(bits=4, group_size=64), filter_fn=filter_fn)
+        quantize_(model, SINQConfig(bits=bits, group_size=64), filter_fn=filter_fn)
     elif variant == "tinygemm":
         quantize_(model, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"),
                   filter_fn=filter_fn)  # fmt: skip
@@ -496,7 +510,7 @@ def bench_decode(args) -> list[dict]:
         (disable_projection_fusion if variant == "sinq-unfused" else enable_projection_fusion)()
         model = build_llama(args.layers)
         start = time.perf_counter()
-        quantize_variant(model, variant, args.lm_head)
+        quantize_variant(model, variant, args.lm_head, args.bits)
         torch.cuda.synchronize()
         quant_s = time.perf_counter() - start
         weights_gib = sum(
@@ -511,7 +525,8 @@ def bench_decode(args) -> list[dict]:
             compile_s, tokens_per_s, graphed, token = time_compiled_steps(model, args)
         graph = "GraphedDecoder" if args.graph == "decoder" else args.graph
         graph += " (marked static)" if args.mark_static and args.graph == "reduce-overhead" else ""
-        row = {"variant": variant, "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
+        row = {"variant": variant, "bits": args.bits if variant.startswith("sinq") else None,
+               "layers": args.layers, "tokens": args.tokens, "tokens_per_s": tokens_per_s,
                "graph": graph, "lm_head": "bf16" if variant == "bf16" else args.lm_head, **extra,
                "weights_GiB": weights_gib, "quantize_s": quant_s, "compile_s": compile_s,
                "inductor_pdl": bool(torch._inductor.config.triton.enable_pdl)}  # fmt: skip
@@ -524,10 +539,11 @@ def bench_decode(args) -> list[dict]:
         torch._dynamo.reset()
         torch.cuda.empty_cache()
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "bf16"), None)
-    log(f"\n{'variant':>10} {'lm_head':>9} {'tok/s':>8} {'x bf16':>7} {'weights GiB':>11}")
+    log(f"\n{'variant':>10} {'bits':>4} {'lm_head':>9} {'tok/s':>8} {'x bf16':>7} {'weights GiB':>11}")
     for r in rows:
         ratio = r["tokens_per_s"] / base if base else float("nan")
-        log(f"{r['variant']:>10} {r['lm_head']:>9} {r['tokens_per_s']:8.1f} {ratio:7.2f} {r['weights_GiB']:11.2f}")
+        log(f"{r['variant']:>10} {r['bits'] or '-':>4} {r['lm_head']:>9} {r['tokens_per_s']:8.1f} {ratio:7.2f}"
+            f" {r['weights_GiB']:11.2f}")  # fmt: skip
     return rows
 
 
@@ -667,6 +683,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=["bf16", "sinq", "tinygemm"],
                         choices=["bf16", "sinq", "sinq-unfused", "tinygemm"],
                         help="decode variants (sinq-unfused: without grouping q/k/v and gate/up into one launch)")
+    parser.add_argument("--bits", type=int, choices=range(1, 9), default=4, metavar="1..8",
+                        help="SINQ's code width (layers, groups, decode's sinq variants; g64)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

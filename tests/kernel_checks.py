@@ -87,6 +87,18 @@ INTERPRETER_CASES = [
     ]
 ]
 
+# Codes of several bit planes (3 = 2 + 1, 5, 6, 7 bits) and of one bit, which only the GEMV reads: the defaults for
+# one and two rows, explicit blocks up to GEMV_MAX_BLOCK_M rows, K splits, ragged N and K, rows across threads.
+INTERPRETER_PLANE_CASES = [
+    (3, 1, 24, 192, 64, None),
+    (3, 2, 40, 576, 128, None),  # K = 4.5 groups of 128: ragged last group
+    (3, 3, 40, 320, 64, LaunchConfig(16, 2, split_k=3, block_m=4)),
+    (3, 4, 16, 200, 64, LaunchConfig(4, 1, block_m=2)),  # K not a multiple of 32
+    (3, 2, 40, 320, 64, LaunchConfig(16, 2, split_k=2, thread_rows=4)),
+    (3, 1, 24, 256, 32, LaunchConfig(8, 4, thread_rows=2)),  # groups of one chunk
+] + [(bits, m, n, k, 64, config) for bits in (1, 5, 6, 7) for m, n, k, config in [
+    (1, 24, 192, None), (3, 40, 200, LaunchConfig(16, 2, split_k=2, block_m=4, thread_rows=2))]]
+
 # The register-operand kernel reads 16-bit activations only (float16 here): M, N ragged, K split, 2 and 4 bits.
 INTERPRETER_MMA_CASES = [
     (4, 3, 70, 256, 64, MmaConfig(64, 16)),
@@ -118,6 +130,8 @@ INTERPRETER_GROUP_CASES = [
     (2, 1, (17, 30, 9), 576, 128, LaunchConfig(8, 2, block_m=1)),
     (8, 2, (16, 24, 8), 200, 64, LaunchConfig(4, 1, block_m=2)),
     (4, 2, (40, 24), 256, 64, LaunchConfig(32, 2, num_warps=1, block_m=2, thread_rows=4)),  # rows 4 wide across threads
+    (3, 1, (24, 8, 8), 320, 64, None),  # codes of two bit planes
+    (3, 2, (40, 24), 256, 64, LaunchConfig(32, 2, num_warps=1, block_m=2, thread_rows=4)),
 ]
 
 
@@ -130,6 +144,10 @@ def run_interpreter_cases() -> None:
             error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
             print(f"{dtype} bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, m, n, k, g, error)
+        for bits, m, n, k, g, config in INTERPRETER_PLANE_CASES:
+            error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
+            print(f"{dtype} GEMV bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
+            assert error < tolerance, (dtype, bits, m, n, k, g, error)
         for bits, n, k, g in [(2, 24, 192, 64), (4, 40, 200, 64), (8, 17, 576, 128)]:
             error = dequantize_relative_error(bits, n, k, g, dtype, "cpu")
             print(f"{dtype} dequantize bits={bits} N={n} K={k} g={g}: {error:.2e}", flush=True)
@@ -137,7 +155,7 @@ def run_interpreter_cases() -> None:
     # The GEMV's subnormal codes keep fp32 accuracy over the activation range its docstring states (|t ⊙ x| below
     # 2^43, products above 2^-62): max |t ⊙ x| is 61 · x_scale here, so 3e12 at the top; 1e-15 at the bottom
     for x_scale in (5e10, 1e-15):
-        for bits in (2, 4, 8):
+        for bits in (2, 3, 4, 7, 8):
             error = kernel_relative_error(bits, 2, 24, 256, 64, torch.float32, "cpu", x_scale=x_scale)
             print(f"float32 GEMV bits={bits} activations x {x_scale:g}: {error:.2e}", flush=True)
             assert error < 1e-4, (bits, x_scale, error)

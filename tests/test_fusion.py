@@ -151,7 +151,7 @@ def test_grouped_launch_refuses_a_k_split_and_bad_block_sizes_by_name():
 
 
 @requires_cuda
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_grouped_gemv_matches_reference_on_gpu_over_random_shapes(bits, dtype):
     gen = torch.Generator().manual_seed(bits)
@@ -183,14 +183,16 @@ def test_vector_thread_rows_give_each_thread_four_words_of_the_step():
         assert block_n % rows == 0
         # the activation tile [rows, groups, words] spread over the threads: four words each, unless capped
         assert rows * step_words == 4 * 32 * warps or rows in (1, block_n), (block_n, groups, warps, rows)
+    # 3 bits, g64: 6 words per group, so no count of rows gives four words each; a power of two (a Triton tile)
+    assert kernels.vector_thread_rows(32, 4, 1, 3, 64) == 4 and kernels.vector_thread_rows(16, 8, 2, 3, 64) == 4
 
 
 @requires_cuda
 def test_grouped_gemv_default_for_many_rows_matches_reference_on_gpu():
     """gate + up of the 8B shape: default_group_config's 32-row programs, rows 4 wide across threads (24 or more
-    blocks of 8 rows per SM), at 2, 4 and 8 bits and M = 1 and 2."""
+    blocks of 8 rows per SM), at 2, 3, 4 and 8 bits and M = 1 and 2."""
     sm_count = kernels._sm_count(torch.device("cuda"))
-    for bits in (2, 4, 8):
+    for bits in (2, 3, 4, 8):
         config = kernels.default_group_config(1, 2 * 14336, 4096, bits, 64, sm_count)
         assert (config.block_n, config.thread_rows) == (32, 4), config
         for m in (1, 2):

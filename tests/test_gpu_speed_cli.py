@@ -43,6 +43,17 @@ def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
         assert kinds == expected, m
 
 
+@pytest.mark.parametrize("m", [1, 2, 4, 16])
+def test_sweep_at_3_bits_tries_the_gemv_alone(m):
+    """Codes of two bit planes run on the GEMV only: its candidates (with power-of-two thread rows) up to
+    GEMV_MAX_BLOCK_M rows, nothing beyond."""
+    configs = sweep_candidates(m, 4096, 4096, bits=3)
+    for config in configs:
+        _check_config(config)
+    assert {type(c).__name__ for c in configs} == ({"LaunchConfig"} if m <= 4 else set())
+    assert all(c.thread_rows & (c.thread_rows - 1) == 0 for c in group_candidates(1, bits=3))
+
+
 @pytest.mark.parametrize("m", [1, 2])
 def test_every_grouped_sweep_candidate_is_accepted_and_leaves_k_whole(m):
     configs = group_candidates(m)
@@ -114,15 +125,17 @@ def test_decode_benchmark_runs_every_decode_loop_without_autograd(monkeypatch):
 
     monkeypatch.setattr(gpu_speed, "build_llama", lambda layers: torch.nn.Linear(4, 4))
     heads = []
-    monkeypatch.setattr(gpu_speed, "quantize_variant", lambda model, variant, lm_head: heads.append(lm_head))
+    monkeypatch.setattr(gpu_speed, "quantize_variant",
+                        lambda model, variant, lm_head, bits: heads.append((lm_head, bits)))
     monkeypatch.setattr(gpu_speed, "time_compiled_steps", steps)
     monkeypatch.setattr(gpu_speed, "time_graphed_decoder", decoder)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     rows = []
     for graph in ("manual", "decoder"):
         args = argparse.Namespace(variants=["bf16", "sinq"], layers=1, tokens=2, graph=graph, mark_static=False,
-                                  profile=False, lm_head="quantized")  # fmt: skip
+                                  profile=False, lm_head="quantized", bits=3)  # fmt: skip
         rows += gpu_speed.bench_decode(args)
-    assert grad_enabled == [False] * 4 and heads == ["quantized"] * 4
+    assert grad_enabled == [False] * 4 and heads == [("quantized", 3)] * 4
+    assert [r["bits"] for r in rows] == [None, 3] * 2  # the code width reaches the sinq variants only
     assert [r["tokens_per_s"] for r in rows] == [100.0, 100.0, 50.0, 50.0] and rows[2]["generate_s"] == 0.5
     assert [r["lm_head"] for r in rows] == ["bf16", "quantized"] * 2  # bf16 keeps its head whatever --lm-head says

@@ -47,6 +47,25 @@ def test_hopper_build_runs_wgmma_in_the_tensor_core_loop_and_lop3_in_the_gemv_lo
 
 
 @requires_triton
+def test_hopper_gemv_merges_a_3_bit_codes_planes_with_one_lop3_per_word_and_reads_each_code_with_one_more():
+    """The 3-bit GEMV's sm_90 K loop (codes of a 2-bit and a 1-bit plane): each 2-bit-plane word and the 1-bit
+    word of its chunk merge into whole 3-bit fields with four LOP3s (even and odd code positions, in place and
+    shifted), then each code is one LOP3 and meets its activation with one FFMA, as at 2 and 4 bits; nothing goes
+    to local memory and no instruction flushes subnormals."""
+    from benchmarks.sass_count import KERNELS, longest_loop, sass_of
+
+    kernel, constants, warps, stages = KERNELS["gemv"]
+    constants = {**constants, "BITS": 3}
+    sass = sass_of(kernel, constants, warps, stages)
+    loop = [op.split(".")[0] for op in longest_loop(sass)]
+    codes_per_thread = constants["BLOCK_N"] * constants["GROUPS_PER_STEP"] * constants["GROUP"] // 32  # 1 warp
+    words_per_thread = codes_per_thread // 16  # of the 2-bit plane
+    assert codes_per_thread + 4 * words_per_thread <= loop.count("LOP3") <= codes_per_thread + 4 * words_per_thread + 2
+    assert loop.count("FFMA") >= codes_per_thread
+    assert ".FTZ" not in sass and not {"LDL", "STL"} & {op.split(".")[0] for op in longest_loop(sass)}
+
+
+@requires_triton
 def test_register_operand_kernel_feeds_wgmma_from_registers_with_one_lop3_per_two_codes():
     """sinq_mma_kernel's sm_90 K loop: the packed halves go from their pipelined shared-memory copy (ldmatrix)
     straight into the wgmma register operand, one LOP3 per two codes; no tile is stored to shared memory (the
@@ -89,10 +108,29 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
 
 
 @requires_cuda
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [1, 3, 5, 6, 7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemv_reads_codes_of_several_bit_planes_and_of_one_bit_on_gpu(bits, dtype):
+    """The widths only the GEMV reads: one and two activation rows with the default blocks and explicit blocks up
+    to GEMV_MAX_BLOCK_M rows (K splits, rows across threads, several warps, pipelines) over random ragged N and K."""
+    gen = torch.Generator().manual_seed(500 + bits)
+    configs = [None, None, LaunchConfig(16, 4, 2, 2, 4, 3), LaunchConfig(8, 8, 1, 1, 1, 3),
+               LaunchConfig(32, 4, 1, 1, 2, 3, thread_rows=4), LaunchConfig(16, 2, 3, 4, 4, 1, thread_rows=2),
+               LaunchConfig(8, 16, 1, 2, 1, 4), LaunchConfig(4, 8, 4, 1, 2, 3)]  # fmt: skip
+    for case, config in enumerate(configs):
+        m = [1, 2, 3, 1, 2, 4, 1, 2][case]
+        n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
+        k = int(torch.randint(1, 24, (1,), generator=gen)) * 64 + (32 if case % 3 == 2 else 0)
+        error = kernel_relative_error(bits, m, n, k, [64, 128][case % 2] if k % 128 == 0 else 64, dtype, "cuda",
+                                      config=config, seed=case)  # fmt: skip
+        assert error < 1e-2, (bits, config, m, n, k, error)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_default_blocks_for_one_row_on_short_rows_match_reference_on_gpu(bits):
-    """The 8B MLP's 14336 x 4096 with one activation row (16 rows per program at 2 and 4 bits, 8 at 8 bits), N
-    not a multiple of the block."""
+    """The 8B MLP's 14336 x 4096 with one activation row (16 rows per program at 2 and 4 bits, 8 at 3 and 8
+    bits), N not a multiple of the block."""
     error = kernel_relative_error(bits, 1, 14336 + 5, 4096, 64, torch.bfloat16, "cuda", seed=bits)
     assert error < 1e-2, (bits, error)
 
@@ -272,6 +310,36 @@ def test_quantized_llama_compiles_fullgraph_on_gpu_and_matches_eager():
 
 
 @requires_cuda
+def test_gpu_linear_of_3_bit_codes_runs_the_gemv_for_decode_and_the_plain_path_beyond(monkeypatch):
+    from sinq_ao import kernels
+    from sinq_ao.tensor import plain_linear
+
+    launches = []
+    original = kernels.launch
+
+    def counting(x, *args, **kwargs):
+        launches.append(len(x))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch", counting)
+    w = SINQTensor.from_hp(torch.randn(256, 512, device="cuda", dtype=torch.bfloat16), bits=3)
+    for m in (1, 2, 16):
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        assert relative_error(torch.nn.functional.linear(x, w), plain_linear(x, w)) < 1e-2
+    assert launches == [1, 2]  # M = 16: the plain path (no tensor-core kernel reads two bit planes)
+
+
+def test_codes_of_several_bit_planes_beyond_the_gemv_are_refused_by_name():
+    from sinq_ao.kernels import launch
+
+    w = SINQTensor.from_hp(torch.randn(32, 64), bits=3, group_size=32)
+    x, y = torch.randn(16, 64), torch.empty(16, 32)
+    for config in (None, GemmConfig(64, 16, 6), MmaConfig()):
+        with pytest.raises(ValueError, match="3-bit codes run on the GEMV only"):
+            launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 3, 32, config=config)
+
+
+@requires_cuda
 def test_gpu_linear_uses_the_kernel_and_matches_plain_path():
     from sinq_ao.tensor import plain_linear
 
@@ -283,15 +351,17 @@ def test_gpu_linear_uses_the_kernel_and_matches_plain_path():
 
 @given(
     m=st.integers(1, 4), n=st.integers(1, 40000), k_groups=st.integers(1, 600),
-    bits=st.sampled_from([2, 4, 8]), group_size=st.sampled_from([32, 64, 128, 256]),
+    bits=st.integers(1, 8), group_size=st.sampled_from([32, 64, 128, 256]),
 )  # fmt: skip
 def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_groups, bits, group_size):
-    """Ragged K slices would need masked (unvectorized) loads; the defaults never make them."""
+    """Ragged K slices would need masked (unvectorized) loads; the defaults never make them. Groups per step are a
+    power of two (a Triton tile) at every width, 6 words per group at 3 bits included."""
     from sinq_ao.kernels import GEMV_MAX_BLOCK_M, default_config
 
     config = default_config(m, n, k_groups * group_size, bits, group_size)
     steps, ragged = divmod(k_groups, config.groups_per_step)
     assert 1 <= config.block_m <= GEMV_MAX_BLOCK_M and config.block_n >= 1 and config.groups_per_step >= 1
+    assert config.groups_per_step & (config.groups_per_step - 1) == 0
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
     assert config.split_k <= max(1, steps)
 
@@ -305,6 +375,7 @@ def test_default_config_takes_16_rows_per_program_only_for_one_row_on_many_short
     assert default_config(1, 128256, 4096, 4, 64).block_n == 16
     assert default_config(1, 14336, 4096, 2, 64).block_n == 16
     assert default_config(1, 14336, 4096, 8, 64).block_n == 8  # 8-bit rows are twice as long
+    assert default_config(1, 14336, 4096, 3, 64).block_n == 8  # two bit planes: 16 rows spill registers
     assert default_config(1, 16384, 16384, 4, 64).block_n == 8
     assert default_config(1, 8192, 8192, 4, 64).block_n == 8
     assert default_config(1, 4096, 4096, 4, 64).block_n == 8
@@ -326,7 +397,7 @@ def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, 
 
 
 @requires_cuda
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_compiled_gemv_matches_eager_on_gpu(bits):
     """One activation row (decode) through torch.compile(fullgraph=True): the op's GEMV launches, as in eager."""
     w = SINQTensor.from_hp(torch.randn(320, 200, device="cuda", dtype=torch.bfloat16), bits=bits, group_size=64)

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..packing import SUPPORTED_BITS
+
 try:
     import triton
 
@@ -41,7 +43,8 @@ GEMV_MAX_M = 2  # the dispatcher's GEMV range (M = 2: 1.1-1.5x faster than sinq_
 GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
-KERNEL_BITS = (2, 4, 8)  # one bit plane: a word holds 32 / bits whole codes
+KERNEL_BITS = (2, 4, 8)  # the tensor-core and unpack kernels: one bit plane, a word holds 32 / bits whole codes
+GEMV_BITS = SUPPORTED_BITS  # the GEMV also reads codes of several bit planes (1..8 bits): up to GEMV_MAX_M rows
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
 MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allows); the older tensor-core kernel
@@ -102,6 +105,11 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
 
+def _power_of_two_floor(value: int) -> int:
+    """The largest power of two at most ``value`` (1 for values below 2): Triton tiles are powers of two."""
+    return 1 << max(0, value.bit_length() - 1)
+
+
 def even_split(steps: int, target: int) -> int:
     """The largest number of K slices, at most ``target``, that divides ``steps`` K steps evenly (at least 1)."""
     return max(d for d in range(1, max(1, min(target, steps)) + 1) if steps % d == 0)
@@ -129,19 +137,21 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     4096^2 10.7 us against 14.5 for sinq_mma_kernel, 8192^2 28.1 against 41.9). For 3-4 rows (explicitly asked
     for: the dispatcher sends them to the tensor-core kernels), 64 rows x 16 words with 4 warps, K split until
     about four programs per SM exist. The split always divides the K steps evenly: ragged
-    slices need masked loads, which lose vectorization (docs/results.md).
+    slices need masked loads, which lose vectorization (docs/results.md). Codes of several bit planes (3, 5, 6, 7
+    bits) take the same rules with whole groups per step rounded down to a power of two (64-word steps at 3 bits
+    and g64: 8 groups of 6 words) and never the 16 short rows (at 3 bits they spill registers in the sm_90 build).
     """
     words_per_group = max(1, _words_per_group(bits, group_size))
     if m <= 2:
         block_m, block_n, num_stages, warps_per_sm = m, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
-        if m == 1 and -(-n // 16) >= 6 * sm_count and k * bits <= SHORT_ROW_BITS:
-            block_n = 16  # measured faster on short rows (above)
+        if m == 1 and -(-n // 16) >= 6 * sm_count and k * bits <= SHORT_ROW_BITS and bits in KERNEL_BITS:
+            block_n = 16  # measured faster on short rows (above); codes of several planes need more registers
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
         block_n, words_per_step, num_warps, num_stages = 64, 16, 4, 1
         warps_per_sm = 4 * num_warps  # four programs
-    groups_per_step = max(1, words_per_step // words_per_group)
+    groups_per_step = _power_of_two_floor(words_per_step // words_per_group)  # 6 words per group at 3 bits, g64
     warps = -(-n // block_n) * -(-m // block_m) * num_warps
     steps, ragged = divmod(-(-k // group_size), groups_per_step)
     split_k = 1 if ragged else even_split(steps, min(16, math.ceil(warps_per_sm * sm_count / warps)))
@@ -215,17 +225,25 @@ def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 
 
 
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
-    """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs)."""
+    """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs): up to FUSED_MAX_M
+    activation rows in a format all kernels read, or up to GEMV_MAX_M rows (the GEMV alone) of codes with several
+    bit planes (3, 5, 6, 7 bits; also 1)."""
+    if bits in GEMV_BITS and bits not in KERNEL_BITS:
+        return x.numel() <= GEMV_MAX_M * x.shape[-1] and _layout_supported(x, group_size, tiling, scheme)
     return x.numel() <= FUSED_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
 
 
 def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
-    """Whether the Triton kernels read this weight format for these activations (any M)."""
+    """Whether all the Triton kernels read this weight format for these activations (any M)."""
+    return bits in KERNEL_BITS and _layout_supported(x, group_size, tiling, scheme)
+
+
+def _layout_supported(x: torch.Tensor, group_size: int, tiling: str, scheme: str) -> bool:
+    """Whether the kernels read these activations and this grouping, tiling and scheme (any code width they take)."""
     return (
         triton is not None
         and x.is_cuda
         and x.dtype in KERNEL_DTYPES
-        and bits in KERNEL_BITS
         and tiling == "1D"
         and scheme in ("asymmetric", "symmetric")
         and group_size % 32 == 0
@@ -240,6 +258,10 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     kernel (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
+    if bits not in KERNEL_BITS and not (isinstance(config, LaunchConfig) or (config is None and m <= GEMV_MAX_M)):
+        raise ValueError(f"{bits}-bit codes run on the GEMV only (bits in {KERNEL_BITS} on every kernel): pass at "
+                         f"most GEMV_MAX_M={GEMV_MAX_M} activation rows or a LaunchConfig; got M={m}, "
+                         f"config={config!r}")  # fmt: skip
     if config is not None:
         _check_config(config)
     else:
@@ -323,9 +345,10 @@ def vector_thread_rows(block_n: int, groups_per_step: int, num_warps: int, bits:
     """The LaunchConfig.thread_rows that gives every thread of the GEMV four consecutive words of each of its rows
     (one 16-byte load) and the four columns' x and t that each code position meets (vector loads): the activation
     tile [thread rows, groups, words] then holds four words per thread and has the words tile's register layout,
-    so neither goes through shared memory. At most block_n."""
+    so neither goes through shared memory. At most block_n, and a power of two (codes of several bit planes, 6
+    words per group at 3 bits and g64, read their planes' words apart: no 16-byte loads there)."""
     step_words = groups_per_step * max(1, _words_per_group(bits, group_size))
-    return max(1, min(block_n, 4 * 32 * num_warps // step_words))
+    return _power_of_two_floor(min(block_n, 4 * 32 * num_warps // step_words))
 
 
 def _whole_steps(n_words: int, words_per_split: int, split_k: int, step: int, k: int, bits: int) -> bool:
@@ -381,10 +404,10 @@ def default_group_config(m: int, n: int, k: int, bits: int, group_size: int, sm_
     config = default_config(m, n, k, bits, group_size, sm_count)._replace(split_k=1)
     words_per_group = max(1, _words_per_group(bits, group_size))
     if -(-n // 8) >= 24 * sm_count:
-        groups = max(1, 32 // words_per_group)
+        groups = _power_of_two_floor(32 // words_per_group)
         rows = vector_thread_rows(32, groups, 1, bits, group_size)
         return config._replace(block_n=32, groups_per_step=groups, num_warps=1, thread_rows=rows)
-    return config._replace(block_n=8, groups_per_step=max(1, 64 // words_per_group), num_warps=2)
+    return config._replace(block_n=8, groups_per_step=_power_of_two_floor(64 // words_per_group), num_warps=2)
 
 
 def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):

@@ -74,13 +74,66 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
         return (shifted & FIELD) | MAGIC
 
 
+# Codes of 3, 5, 6 and 7 bits are stored in bit planes (sinq_ao.packing.bit_planes): the widths 8, 4, 2, 1 that
+# ``bits`` holds, widest first; a chunk's words of a plane follow the wider planes' words, and its bits sit above
+# theirs in the code. The GEMV reads every code in the layout of its widest plane (width w: code position p of
+# word j of a chunk is column w · p + j, field p at bit w · p of the word), with the bits of the other planes
+# merged into each field, so a field is ``bits`` wide at stride w (codes of one plane: w = bits).
+
+
+@triton.constexpr_function
+def plane_count(bits):
+    """Bit planes of a ``bits``-wide code: one for 1, 2, 4 and 8 bits, two or three otherwise."""
+    return (bits >> 3 & 1) + (bits >> 2 & 1) + (bits >> 1 & 1) + (bits & 1)
+
+
+@triton.constexpr_function
+def plane_width(bits, plane):
+    """Width of bit plane ``plane`` (0: the widest): its words hold 32 / width codes, ``width`` words per chunk."""
+    return [width for width in (8, 4, 2, 1) if bits & width][plane]
+
+
+@triton.constexpr_function
+def plane_start(bits, plane):
+    """The plane's first word in each chunk of ``bits`` words, which is also its bits' place in the code: the
+    wider planes' widths added up."""
+    width = [width for width in (8, 4, 2, 1) if bits & width][plane]
+    return bits - (bits & (2 * width - 1))
+
+
+@triton.constexpr_function
+def high_shift(bits):
+    """The fields (``bits`` wide, at stride w = the widest plane's width) that end at bit 22 or below in place are
+    those of the first (23 − bits) // w + 1 positions (23 // bits for a code of one plane); the others are read
+    from the word shifted right by this many bits, w times that count."""
+    width = 1 << (bits.bit_length() - 1)
+    return width * ((23 - bits) // width + 1)
+
+
 @triton.constexpr_function
 def field_bit(p, bits):
-    """d(p): the bit where code p's field starts in the GEMV's source word: its own place in the packed word for
-    the positions whose field ends at bit 22 or below (the first 23 // bits), else its place in the word shifted
-    right by (23 // bits) · bits. A field there, with the float's exponent bits zero, is the subnormal float
-    Q · 2^(d(p) − 149)."""
-    return bits * (p if p < 23 // bits else p - 23 // bits)
+    """d(p): the bit where code p's field starts in the GEMV's source word: its place w · p in the (merged) word
+    for the positions whose field ends at bit 22 or below, else its place in the word shifted right by
+    high_shift(bits). A field there, with the float's exponent bits zero, is the subnormal float Q · 2^(d(p) − 149)."""
+    width = 1 << (bits.bit_length() - 1)
+    low = (23 - bits) // width + 1
+    return width * (p if p < low else p - low)
+
+
+@triton.constexpr_function
+def merge_mask(bits, plane, parity, high):
+    """Where bit plane ``plane`` (>= 1) puts its bits in the merged word of the code positions of one parity, in
+    place or (``high``) shifted right by high_shift(bits), as a signed 32-bit value: fields of consecutive positions
+    overlap (``bits`` wide at stride w, w < bits < 2w), those of every other position do not."""
+    widths = [width for width in (8, 4, 2, 1) if bits & width]
+    start = bits - (bits & (2 * widths[plane] - 1))
+    shift = widths[0] * ((23 - bits) // widths[0] + 1) if high else 0
+    mask = 0
+    for p in range(parity, 32 // widths[0], 2):
+        if widths[0] * p + start >= shift:
+            mask |= ((1 << widths[plane]) - 1) << (widths[0] * p + start - shift)
+    mask &= 0xFFFFFFFF
+    return mask - (1 << 32) if mask >> 31 else mask
 
 
 @triton.constexpr_function
@@ -110,36 +163,87 @@ def _shift_right(words, SHIFT: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def _subnormal_code(words, high, P: tl.constexpr, BITS: tl.constexpr):
     """The float Q · 2^(d(P) − 149) for code P of each word: one `and` (``high`` is the words shifted right by
-    (23 // BITS) · BITS, shared by the positions past the first 23 // BITS)."""
+    high_shift(BITS), shared by the positions whose field does not end below bit 23 in place)."""
     FIELD: tl.constexpr = ((1 << BITS) - 1) << field_bit(P, BITS)
-    if P < 23 // BITS:
+    if P * (1 << (BITS.bit_length() - 1)) < high_shift(BITS):
         return (words & FIELD).to(tl.float32, bitcast=True)
     else:
         return (high & FIELD).to(tl.float32, bitcast=True)
 
 
 @triton.jit
+def _bit_select(words, bits, MASK: tl.constexpr, ASM: tl.constexpr):
+    """``bits`` where MASK is set, ``words`` elsewhere: one lop3 (inline PTX on the GPU)."""
+    if ASM:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xD8;", "=r,r,r,n", [words, bits, MASK],
+                                         dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
+    else:
+        return (words & ~MASK) | (bits & MASK)
+
+
+@triton.jit
+def _merged_fields(words, high, others, lane, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The source words of the codes, each field holding all bits of its code: for a code of one plane, the words
+    and ``high`` (shifted right by high_shift); otherwise per parity of the code position (index 0: even), the
+    widest plane's words and ``high`` with the bits of every other plane merged in. ``others`` holds the other
+    planes' words in the widest plane's layout (for each of its words, lane ``lane`` of its chunk, the plane's
+    word that holds the same columns); moving a plane's fields to their places in the merged fields is one shift
+    per word, by an amount that depends on the lane alone (plane_start − width · (lane // width))."""
+    if plane_count(BITS) == 1:
+        return (words,), (high,)
+    lows = (words, words)
+    highs = (high, high)
+    for plane in tl.static_range(1, plane_count(BITS)):
+        up = plane_start(BITS, plane) - plane_width(BITS, plane) * (lane // plane_width(BITS, plane))
+        raw = others[plane - 1].to(tl.uint32, bitcast=True)
+        low_bits = (raw << up).to(tl.int32, bitcast=True)
+        high_bits = (raw >> (high_shift(BITS) - up)).to(tl.int32, bitcast=True)
+        lows = (_bit_select(lows[0], low_bits, merge_mask(BITS, plane, 0, False), ASM),
+                _bit_select(lows[1], low_bits, merge_mask(BITS, plane, 1, False), ASM))
+        highs = (_bit_select(highs[0], high_bits, merge_mask(BITS, plane, 0, True), ASM),
+                 _bit_select(highs[1], high_bits, merge_mask(BITS, plane, 1, True), ASM))
+    return lows, highs
+
+
+@triton.jit
 def _step_activations(x_ptr, t_ptr, w0, wi, last, m0, M, K, stride_xm,
                       BITS: tl.constexpr, BLOCK_M: tl.constexpr, EVEN_K: tl.constexpr):  # fmt: skip
-    """t and x (as loaded) for the codes of words w0 + wi, [1, TR, G, W] tiles: t for code positions p = 0..PER-1,
-    then x for each activation row m0 + mi and p (index PER · (1 + mi) + p). Code p of word f multiplies column
-    (f // BITS) · 32 + p · BITS + f mod BITS (layout v2), so for each p consecutive words meet consecutive columns.
-    Zero past ``last`` and K (masked) unless EVEN_K."""
-    PER: tl.constexpr = 32 // BITS
+    """t and x (as loaded) for the codes of words w0 + wi of the widest bit plane (width W), [1, TR, G, W] tiles: t
+    for code positions p = 0..PER-1 (PER = 32 / W), then x for each activation row m0 + mi and p (index PER · (1 +
+    mi) + p). Code p of word f multiplies column (f // BITS) · 32 + p · W + f mod BITS (layout v2: a chunk is BITS
+    words, the widest plane's first), so for each p consecutive words meet consecutive columns. Zero past ``last``
+    and K (masked) unless EVEN_K."""
+    W: tl.constexpr = plane_width(BITS, 0)
+    PER: tl.constexpr = 32 // W
     cols = (w0 // BITS) * 32 + (wi // BITS) * 32 + wi % BITS  # w0 is a multiple of BITS (whole groups)
-    # runs of BITS consecutive columns, each starting at a multiple of BITS: vector loads
-    cols = tl.max_contiguous(tl.multiple_of(cols, [1, 1, 1, BITS]), [1, 1, 1, BITS])
+    # runs of W consecutive columns, each starting at a multiple of W: vector loads
+    cols = tl.max_contiguous(tl.multiple_of(cols, [1, 1, 1, W]), [1, 1, 1, W])
     in_slice = (w0 + wi) < last
     loaded = ()
     for p in tl.static_range(PER):
-        loaded = loaded + ((tl.load(t_ptr + cols + p * BITS) if EVEN_K else
-                            tl.load(t_ptr + cols + p * BITS, mask=in_slice & (cols + p * BITS < K), other=0.0)),)
+        loaded = loaded + ((tl.load(t_ptr + cols + p * W) if EVEN_K else
+                            tl.load(t_ptr + cols + p * W, mask=in_slice & (cols + p * W < K), other=0.0)),)
     for mi in tl.static_range(BLOCK_M):
         x_row = x_ptr + tl.minimum(m0 + mi, M - 1) * stride_xm
         for p in tl.static_range(PER):
-            loaded = loaded + ((tl.load(x_row + cols + p * BITS) if EVEN_K else
-                                tl.load(x_row + cols + p * BITS, mask=in_slice & (cols + p * BITS < K), other=0.0)),)
+            loaded = loaded + ((tl.load(x_row + cols + p * W) if EVEN_K else
+                                tl.load(x_row + cols + p * W, mask=in_slice & (cols + p * W < K), other=0.0)),)
     return loaded
+
+
+@triton.jit
+def _plane_words(gi, BITS: tl.constexpr, GROUP: tl.constexpr, PLANE: tl.constexpr):
+    """Offsets from a step's first word, [1, 1, G, E] for the step's groups gi ([1, 1, G, 1]), of the words of
+    bit plane PLANE in the widest plane's layout: element e of a group is lane e % w (w = the widest plane's
+    width) of chunk e // w, and takes the plane's word that holds that lane's columns (word lane % width of the
+    plane's ``width`` in the chunk; for a code of one plane, the group's words themselves, contiguous)."""
+    W: tl.constexpr = plane_width(BITS, 0)
+    CPG: tl.constexpr = GROUP // 32  # chunks per group
+    e = tl.arange(0, CPG * W)[None, None, None, :]
+    if plane_count(BITS) == 1:
+        return gi * (CPG * BITS) + e
+    else:
+        return (gi * CPG + e // W) * BITS + plane_start(BITS, PLANE) + e % W % plane_width(BITS, PLANE)
 
 
 @triton.jit
@@ -208,8 +312,9 @@ def _gemv_block(
     ASM: tl.constexpr, NUM_STAGES: tl.constexpr, THREAD_ROWS: tl.constexpr,
 ):  # fmt: skip
     """The GEMV's work for output row block ``block`` (its K slice: grid dimension 1)."""
-    PER: tl.constexpr = 32 // BITS
-    WPG: tl.constexpr = GROUP // PER  # packed words per group
+    PER: tl.constexpr = 32 // plane_width(BITS, 0)  # code positions of a word (of the widest bit plane)
+    WPG: tl.constexpr = GROUP * BITS // 32  # packed words per group
+    E: tl.constexpr = GROUP // PER  # of them in the widest plane: WPG for a code of one plane
     split = tl.program_id(1)
     m0 = tl.program_id(2) * BLOCK_M
     first = split * words_per_split  # a multiple of WPG: slices hold whole groups
@@ -220,25 +325,33 @@ def _gemv_block(
     # memory); with LaunchConfig.thread_rows from vector_thread_rows four, as vector loads in the words' own
     # 16-byte register layout. Per activation row m the kernel keeps its own accumulators (tuples, unrolled over
     # BLOCK_M), and each unpacked code is used for all of them. Rows past N and activation rows past M are
-    # clamped, not masked (their results are not stored), so whole steps load without predicates.
+    # clamped, not masked (their results are not stored), so whole steps load without predicates. Codes of several
+    # bit planes are read in the widest plane's layout: its words, each with the other planes' words that hold the
+    # same columns (_plane_words), merged into whole fields (_merged_fields).
     RPT: tl.constexpr = BLOCK_N // THREAD_ROWS
     tr = tl.arange(0, THREAD_ROWS)[None, :, None, None]
     rows = tl.minimum(block * BLOCK_N + tl.arange(0, RPT)[:, None, None, None] * THREAD_ROWS + tr, N - 1)
     gi = tl.arange(0, GROUPS_PER_STEP)[None, None, :, None]
-    wi = gi * WPG + tl.arange(0, WPG)[None, None, None, :]  # word offsets within a step
-    act_wi = wi + 0 * tr  # [1, TR, G, W]
+    wi = _plane_words(gi, BITS, GROUP, 0)  # word offsets within a step, [1, 1, G, E]
+    act_wi = wi + 0 * tr  # [1, TR, G, E]
+    lane = tl.arange(0, E)[None, None, None, :] % plane_width(BITS, 0)  # of each word within its chunk
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
     sz_rows = rows * stride_sn
-    accs = ()  # per activation row, [RPT, TR, G, W]: reduced over groups and words once, after the loop
+    accs = ()  # per activation row, [RPT, TR, G, E]: reduced over groups and words once, after the loop
     for mi in tl.static_range(BLOCK_M):
-        accs = accs + (tl.zeros((RPT, THREAD_ROWS, GROUPS_PER_STEP, WPG), dtype=tl.float32),)
+        accs = accs + (tl.zeros((RPT, THREAD_ROWS, GROUPS_PER_STEP, E), dtype=tl.float32),)
     STEP: tl.constexpr = GROUPS_PER_STEP * WPG  # words per K step
     # The activations are loaded one step ahead (register double buffering; the words are pipelined by Triton)
     acts = _step_activations(x_ptr, t_ptr, first, act_wi, last, m0, M, K, stride_xm, BITS, BLOCK_M, EVEN_K)
     for w0 in tl.range(first, last, STEP, num_stages=NUM_STAGES):
         f = w0 + wi
-        f_ok = f < last  # [1, 1, G, W] (a mask of the words' shape would widen their loads)
+        f_ok = f < last  # [1, 1, G, E] (a mask of the words' shape would widen their loads)
         words = tl.load(q_rows + f) if EVEN_K else tl.load(q_rows + f, mask=f_ok & (rows >= 0), other=0)
+        others = ()  # the other bit planes' words, in the layout of ``words`` (their chunks hold the same columns)
+        for plane in tl.static_range(1, plane_count(BITS)):
+            f_plane = w0 + _plane_words(gi, BITS, GROUP, plane)
+            others = others + (tl.load(q_rows + f_plane) if EVEN_K else
+                               tl.load(q_rows + f_plane, mask=f_ok & (rows >= 0), other=0),)  # fmt: skip
         g = w0 // WPG + gi
         if EVEN_K:
             s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
@@ -265,9 +378,10 @@ def _gemv_block(
             for p in tl.static_range(1, PER):
                 x_sum += xs[mi * PER + p] * (1.0 / activation_scale(p, BITS))
             dots = dots + (-(z_low * x_sum),)
-        high = _shift_right(words, (23 // BITS) * BITS, ASM)  # the fields that do not fit below bit 23
+        high = _shift_right(words, high_shift(BITS), ASM)  # the fields that do not fit below bit 23
+        lows, highs = _merged_fields(words, high, others, lane, BITS, ASM)  # per parity of p (one: a single plane)
         for p in tl.static_range(PER):
-            code = _subnormal_code(words, high, p, BITS)
+            code = _subnormal_code(lows[p % len(lows)], highs[p % len(highs)], p, BITS)
             updated = ()
             for mi in tl.static_range(BLOCK_M):
                 updated = updated + (dots[mi] + code * xs[mi * PER + p],)

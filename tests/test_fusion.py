@@ -173,6 +173,11 @@ def test_default_group_config_takes_32_vector_rows_for_many_blocks_and_64_word_s
     # steps are counted in words: the same shapes at 2 bits take twice the groups per step, with 4 rows across
     two_bit = kernels.default_group_config(1, 2 * 14336, 4096, 2, 64, sm_count=132)
     assert (two_bit.groups_per_step, two_bit.thread_rows) == (8, 4)
+    # 3 bits: 6 words per group, 4 of them in the 2-bit plane whose layout the GEMV reads; the few-row block takes
+    # 16 groups so that its two warps' activation tile holds an element per thread
+    many, few = (kernels.default_group_config(1, n, 4096, 3, 64, sm_count=132) for n in (2 * 14336, 6144))
+    assert (many.block_n, many.groups_per_step, many.thread_rows) == (32, 4, 4)
+    assert (few.block_n, few.groups_per_step, few.num_warps) == (8, 16, 2)
 
 
 def test_vector_thread_rows_give_each_thread_four_words_of_the_step():

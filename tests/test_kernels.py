@@ -362,6 +362,9 @@ def test_default_config_splits_k_only_into_equal_whole_group_slices(m, n, k_grou
     steps, ragged = divmod(k_groups, config.groups_per_step)
     assert 1 <= config.block_m <= GEMV_MAX_BLOCK_M and config.block_n >= 1 and config.groups_per_step >= 1
     assert config.groups_per_step & (config.groups_per_step - 1) == 0
+    if m <= 2:  # the step's activation tile (groups x words of a group in the widest bit plane) fills the threads
+        widest_words = group_size * (1 << (bits.bit_length() - 1)) // 32
+        assert config.groups_per_step * widest_words >= 32 * config.num_warps
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
     assert config.split_k <= max(1, steps)
 

@@ -206,7 +206,8 @@ def test_grouped_gemv_default_for_many_rows_matches_reference_on_gpu():
 
 
 @requires_cuda
-def test_compiled_llama_decode_step_runs_the_grouped_kernel_and_matches_eager(monkeypatch):
+@pytest.mark.parametrize("bits", [3, 4])
+def test_compiled_llama_decode_step_runs_the_grouped_kernel_and_matches_eager(monkeypatch, bits):
     launches = []
     original = kernels.launch_group
 
@@ -216,7 +217,7 @@ def test_compiled_llama_decode_step_runs_the_grouped_kernel_and_matches_eager(mo
 
     monkeypatch.setattr(kernels, "launch_group", counting)
     model = tiny_llama().to(device="cuda", dtype=torch.bfloat16)
-    quantize_(model, SINQConfig(bits=4))
+    quantize_(model, SINQConfig(bits=bits))
     tokens = torch.randint(0, 512, (1, 1), device="cuda")
     torch._dynamo.reset()
     with torch.no_grad(), NO_CACHES:  # a cached graph would not trace the op

@@ -109,10 +109,10 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
 
 @requires_cuda
 @pytest.mark.parametrize("bits", [1, 3, 5, 6, 7])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gemv_reads_codes_of_several_bit_planes_and_of_one_bit_on_gpu(bits, dtype):
+def test_gemv_reads_codes_of_several_bit_planes_and_of_one_bit_on_gpu(bits):
     """The widths only the GEMV reads: one and two activation rows with the default blocks and explicit blocks up
-    to GEMV_MAX_BLOCK_M rows (K splits, rows across threads, several warps, pipelines) over random ragged N and K."""
+    to GEMV_MAX_BLOCK_M rows (K splits, rows across threads, several warps, pipelines) over random ragged N and K,
+    bf16 and fp16 activations in turn."""
     gen = torch.Generator().manual_seed(500 + bits)
     configs = [None, None, LaunchConfig(16, 4, 2, 2, 4, 3), LaunchConfig(8, 8, 1, 1, 1, 3),
                LaunchConfig(32, 4, 1, 1, 2, 3, thread_rows=4), LaunchConfig(16, 2, 3, 4, 4, 1, thread_rows=2),
@@ -121,8 +121,9 @@ def test_gemv_reads_codes_of_several_bit_planes_and_of_one_bit_on_gpu(bits, dtyp
         m = [1, 2, 3, 1, 2, 4, 1, 2][case]
         n = int(torch.randint(1, 40, (1,), generator=gen)) * 16 + case
         k = int(torch.randint(1, 24, (1,), generator=gen)) * 64 + (32 if case % 3 == 2 else 0)
-        error = kernel_relative_error(bits, m, n, k, [64, 128][case % 2] if k % 128 == 0 else 64, dtype, "cuda",
-                                      config=config, seed=case)  # fmt: skip
+        dtype = [torch.bfloat16, torch.float16][case % 2]
+        error = kernel_relative_error(bits, m, n, k, [64, 128][case // 2 % 2] if k % 128 == 0 else 64, dtype,
+                                      "cuda", config=config, seed=case)  # fmt: skip
         assert error < 1e-2, (bits, config, m, n, k, error)
 
 
@@ -292,13 +293,14 @@ def test_eager_gpu_linear_beyond_the_gemv_uses_the_unpack_kernel_and_matches_pla
 
 
 @requires_cuda
-def test_quantized_llama_compiles_fullgraph_on_gpu_and_matches_eager():
+@pytest.mark.parametrize("bits", [3, 4])
+def test_quantized_llama_compiles_fullgraph_on_gpu_and_matches_eager(bits):
     from tests.test_model import tiny_llama
 
     model = tiny_llama().to(device="cuda", dtype=torch.bfloat16)
     from torchao.quantization import quantize_
 
-    quantize_(model, SINQConfig(bits=4))
+    quantize_(model, SINQConfig(bits=bits))
     tokens = torch.randint(0, 512, (2, 16), device="cuda")
     with torch.no_grad():
         eager = model(tokens).logits.float()

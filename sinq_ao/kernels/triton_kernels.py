@@ -183,14 +183,12 @@ def _bit_select(words, bits, MASK: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _merged_fields(words, high, others, lane, BITS: tl.constexpr, ASM: tl.constexpr):
-    """The source words of the codes, each field holding all bits of its code: for a code of one plane, the words
-    and ``high`` (shifted right by high_shift); otherwise per parity of the code position (index 0: even), the
-    widest plane's words and ``high`` with the bits of every other plane merged in. ``others`` holds the other
+    """The source words of codes of several bit planes, each field holding all bits of its code: per parity of the
+    code position (index 0: even), the widest plane's words and ``high`` (shifted right by high_shift) with the
+    bits of every other plane merged in. ``others`` holds the other
     planes' words in the widest plane's layout (for each of its words, lane ``lane`` of its chunk, the plane's
     word that holds the same columns); moving a plane's fields to their places in the merged fields is one shift
     per word, by an amount that depends on the lane alone (plane_start − width · (lane // width))."""
-    if plane_count(BITS) == 1:
-        return (words,), (high,)
     lows = (words, words)
     highs = (high, high)
     for plane in tl.static_range(1, plane_count(BITS)):
@@ -379,7 +377,10 @@ def _gemv_block(
                 x_sum += xs[mi * PER + p] * (1.0 / activation_scale(p, BITS))
             dots = dots + (-(z_low * x_sum),)
         high = _shift_right(words, high_shift(BITS), ASM)  # the fields that do not fit below bit 23
-        lows, highs = _merged_fields(words, high, others, lane, BITS, ASM)  # per parity of p (one: a single plane)
+        if plane_count(BITS) == 1:
+            lows, highs = (words,), (high,)
+        else:  # per parity of p
+            lows, highs = _merged_fields(words, high, others, lane, BITS, ASM)
         for p in tl.static_range(PER):
             code = _subnormal_code(lows[p % len(lows)], highs[p % len(highs)], p, BITS)
             updated = ()

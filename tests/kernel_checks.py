@@ -185,7 +185,8 @@ POINTER_TYPES = {"q_ptr": "*i32", "out_ptr": "*fp32", "partial_ptr": "*fp32", "c
 
 
 def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
-    """Compile the kernels ahead of time for sm_90 (no GPU needed: Triton ships ptxas); returns the kernel names."""
+    """Compile the kernels that read ``bits``-wide codes ahead of time for sm_90 (no GPU needed: Triton ships
+    ptxas); returns the kernel names."""
     from sinq_ao.kernels.triton_kernels import (
         dequantize_kernel,
         mma_activations_kernel,
@@ -213,6 +214,8 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         (sinq_tile_kernel, {**common, "HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 64, "BLOCK_N": 128,
                             "BLOCK_W": 2 * bits, "ASM": True, "NUM_STAGES": 3}),
     ]
+    if bits not in (2, 4, 8):  # codes of several bit planes (and of one bit): the GEMV alone reads them
+        kernels = kernels[:2]
     if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
         mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}
         kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4, "COUNT_BLOCK": 256}),

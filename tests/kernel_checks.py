@@ -148,7 +148,8 @@ def run_interpreter_cases() -> None:
             error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
             print(f"{dtype} GEMV bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, m, n, k, g, error)
-        for bits, n, k, g in [(2, 24, 192, 64), (4, 40, 200, 64), (8, 17, 576, 128)]:
+        for bits, n, k, g in [(2, 24, 192, 64), (4, 40, 200, 64), (8, 17, 576, 128), (3, 40, 200, 64), (1, 24, 192, 64),
+                              (5, 17, 576, 128), (6, 24, 256, 32), (7, 40, 200, 64)]:  # fmt: skip
             error = dequantize_relative_error(bits, n, k, g, dtype, "cpu")
             print(f"{dtype} dequantize bits={bits} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, n, k, g, error)
@@ -214,8 +215,8 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         (sinq_tile_kernel, {**common, "HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 64, "BLOCK_N": 128,
                             "BLOCK_W": 2 * bits, "ASM": True, "NUM_STAGES": 3}),
     ]
-    if bits not in (2, 4, 8):  # codes of several bit planes (and of one bit): the GEMV alone reads them
-        kernels = kernels[:2]
+    if bits not in (2, 4, 8):  # codes of several bit planes (and of one bit): the GEMVs and the unpack kernel
+        kernels = kernels[:2] + kernels[4:5]
     if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
         mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}
         kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4, "COUNT_BLOCK": 256}),

@@ -239,24 +239,20 @@ def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 
 
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
     """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs): up to FUSED_MAX_M
-    activation rows in a format all kernels read, or up to GEMV_MAX_M rows (the GEMV alone) of codes with several
-    bit planes (3, 5, 6, 7 bits; also 1)."""
-    if bits in GEMV_BITS and bits not in KERNEL_BITS:
-        return x.numel() <= GEMV_MAX_M * x.shape[-1] and _layout_supported(x, group_size, tiling, scheme)
-    return x.numel() <= FUSED_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
+    activation rows where the tensor-core kernels read the codes (KERNEL_BITS), else up to GEMV_MAX_M (the GEMV
+    alone: codes of several bit planes, 3, 5, 6, 7 bits, and of 1 bit)."""
+    rows = FUSED_MAX_M if bits in KERNEL_BITS else GEMV_MAX_M
+    return x.numel() <= rows * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
 
 
 def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
-    """Whether all the Triton kernels read this weight format for these activations (any M)."""
-    return bits in KERNEL_BITS and _layout_supported(x, group_size, tiling, scheme)
-
-
-def _layout_supported(x: torch.Tensor, group_size: int, tiling: str, scheme: str) -> bool:
-    """Whether the kernels read these activations and this grouping, tiling and scheme (any code width they take)."""
+    """Whether the GEMV and the unpack kernel read this weight format for these activations (the tensor-core
+    kernels also need bits in KERNEL_BITS)."""
     return (
         triton is not None
         and x.is_cuda
         and x.dtype in KERNEL_DTYPES
+        and bits in GEMV_BITS
         and tiling == "1D"
         and scheme in ("asymmetric", "symmetric")
         and group_size % 32 == 0

@@ -554,17 +554,22 @@ def splitk_reduce_kernel(partial_ptr, bias_ptr, y_ptr, M, N, stride_ym, SPLIT_K:
 def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, stride_wn,
                       BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """w[n, k] = s[n, g] · (Q[n, k] − z[n, g]) in w's dtype, without t (applied to the activations); grid over
-    (N / BLOCK_N, K / BLOCK_K). Column k is code (k mod 32) // BITS of word (k // 32) · BITS + k mod BITS; output
-    elements are contiguous per thread; each word is read 32 / BITS times (cached)."""
-    MASK: tl.constexpr = (1 << BITS) - 1
+    (N / BLOCK_N, K / BLOCK_K). Column k's bits in a plane of width w starting at word (and code bit) b of its chunk
+    are field (k mod 32) // w of word (k // 32) · BITS + b + k mod w (layout v2; one plane at 2, 4 and 8 bits);
+    output elements are contiguous per thread; each word is read 32 / w times (cached)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
     mask = (rows < N) & (k < K)
-    words = tl.load(q_ptr + rows.to(tl.int64) * stride_qn + (k // 32) * BITS + k % BITS, mask=mask, other=0)
-    code = ((words >> ((k % 32) // BITS * BITS)) & MASK).to(tl.float32)
+    q_rows = q_ptr + rows.to(tl.int64) * stride_qn + (k // 32) * BITS
+    code = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.int32)
+    for plane in tl.static_range(plane_count(BITS)):
+        words = tl.load(q_rows + plane_start(BITS, plane) + k % plane_width(BITS, plane), mask=mask, other=0)
+        field = (words >> ((k % 32) // plane_width(BITS, plane) * plane_width(BITS, plane)))
+        code |= (field & ((1 << plane_width(BITS, plane)) - 1)) << plane_start(BITS, plane)
     s = tl.load(s_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
-    tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code - z)).to(w_ptr.dtype.element_ty), mask=mask)
+    tl.store(w_ptr + rows.to(tl.int64) * stride_wn + k, (s * (code.to(tl.float32) - z)).to(w_ptr.dtype.element_ty),
+             mask=mask)  # fmt: skip
 
 
 @triton.jit

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..packing import SUPPORTED_BITS
+from ..packing import SUPPORTED_BITS, bit_planes
 
 try:
     import triton
@@ -43,8 +43,8 @@ GEMV_MAX_M = 2  # the dispatcher's GEMV range (M = 2: 1.1-1.5x faster than sinq_
 GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
-KERNEL_BITS = (2, 4, 8)  # the tensor-core and unpack kernels: one bit plane, a word holds 32 / bits whole codes
-GEMV_BITS = SUPPORTED_BITS  # the GEMV also reads codes of several bit planes (1..8 bits): up to GEMV_MAX_M rows
+KERNEL_BITS = (2, 4, 8)  # the tensor-core kernels: one bit plane, a word holds 32 / bits whole codes
+GEMV_BITS = SUPPORTED_BITS  # the GEMV (up to GEMV_MAX_M rows) and the unpack kernel: codes of several planes too
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
 MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allows); the older tensor-core kernel
@@ -125,7 +125,7 @@ def _filled_groups(groups: int, bits: int, group_size: int, num_warps: int, thre
     in the widest bit plane, whose layout the GEMV reads) has an element for every thread: with fewer, Triton
     replicates the tile and every code position pays a layout conversion (sm_90 build, 3 bits and g64: 4 such
     words per group, 863 loop instructions for 8 groups on two warps against 589 for 16)."""
-    words = group_size * (1 << (bits.bit_length() - 1)) // 32
+    words = group_size * bit_planes(bits)[0][0] // 32
     while thread_rows * groups * words < 32 * num_warps:
         groups *= 2
     return groups

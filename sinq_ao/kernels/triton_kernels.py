@@ -82,42 +82,50 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.constexpr_function
+def plane_widths(bits):
+    """The widths of a ``bits``-wide code's bit planes, widest first: (4, 2, 1) for 7 bits, (4,) for 4."""
+    return tuple(width for width in (8, 4, 2, 1) if bits & width)
+
+
+@triton.constexpr_function
 def plane_count(bits):
     """Bit planes of a ``bits``-wide code: one for 1, 2, 4 and 8 bits, two or three otherwise."""
-    return (bits >> 3 & 1) + (bits >> 2 & 1) + (bits >> 1 & 1) + (bits & 1)
+    return len(plane_widths(bits))
 
 
 @triton.constexpr_function
 def plane_width(bits, plane):
     """Width of bit plane ``plane`` (0: the widest): its words hold 32 / width codes, ``width`` words per chunk."""
-    return [width for width in (8, 4, 2, 1) if bits & width][plane]
+    return plane_widths(bits)[plane]
 
 
 @triton.constexpr_function
 def plane_start(bits, plane):
     """The plane's first word in each chunk of ``bits`` words, which is also its bits' place in the code: the
     wider planes' widths added up."""
-    width = [width for width in (8, 4, 2, 1) if bits & width][plane]
-    return bits - (bits & (2 * width - 1))
+    return sum(plane_widths(bits)[:plane])
+
+
+@triton.constexpr_function
+def low_positions(bits):
+    """Code positions whose field (``bits`` wide, at stride w = the widest plane's width) ends at bit 22 or below in
+    place: the first (23 − bits) // w + 1 (23 // bits for a code of one plane)."""
+    return (23 - bits) // plane_width(bits, 0) + 1
 
 
 @triton.constexpr_function
 def high_shift(bits):
-    """The fields (``bits`` wide, at stride w = the widest plane's width) that end at bit 22 or below in place are
-    those of the first (23 − bits) // w + 1 positions (23 // bits for a code of one plane); the others are read
-    from the word shifted right by this many bits, w times that count."""
-    width = 1 << (bits.bit_length() - 1)
-    return width * ((23 - bits) // width + 1)
+    """The shift right that brings the other positions' fields below bit 23: w bits per low position."""
+    return plane_width(bits, 0) * low_positions(bits)
 
 
 @triton.constexpr_function
 def field_bit(p, bits):
     """d(p): the bit where code p's field starts in the GEMV's source word: its place w · p in the (merged) word
-    for the positions whose field ends at bit 22 or below, else its place in the word shifted right by
-    high_shift(bits). A field there, with the float's exponent bits zero, is the subnormal float Q · 2^(d(p) − 149)."""
-    width = 1 << (bits.bit_length() - 1)
-    low = (23 - bits) // width + 1
-    return width * (p if p < low else p - low)
+    for the low_positions, else its place in the word shifted right by high_shift(bits). A field there, with the
+    float's exponent bits zero, is the subnormal float Q · 2^(d(p) − 149)."""
+    low = low_positions(bits)
+    return plane_width(bits, 0) * (p if p < low else p - low)
 
 
 @triton.constexpr_function
@@ -125,13 +133,12 @@ def merge_mask(bits, plane, parity, high):
     """Where bit plane ``plane`` (>= 1) puts its bits in the merged word of the code positions of one parity, in
     place or (``high``) shifted right by high_shift(bits), as a signed 32-bit value: fields of consecutive positions
     overlap (``bits`` wide at stride w, w < bits < 2w), those of every other position do not."""
-    widths = [width for width in (8, 4, 2, 1) if bits & width]
-    start = bits - (bits & (2 * widths[plane] - 1))
-    shift = widths[0] * ((23 - bits) // widths[0] + 1) if high else 0
+    w, width, start = plane_width(bits, 0), plane_width(bits, plane), plane_start(bits, plane)
+    shift = high_shift(bits) if high else 0
     mask = 0
-    for p in range(parity, 32 // widths[0], 2):
-        if widths[0] * p + start >= shift:
-            mask |= ((1 << widths[plane]) - 1) << (widths[0] * p + start - shift)
+    for p in range(parity, 32 // w, 2):
+        if w * p + start >= shift:
+            mask |= ((1 << width) - 1) << (w * p + start - shift)
     mask &= 0xFFFFFFFF
     return mask - (1 << 32) if mask >> 31 else mask
 
@@ -165,7 +172,7 @@ def _subnormal_code(words, high, P: tl.constexpr, BITS: tl.constexpr):
     """The float Q · 2^(d(P) − 149) for code P of each word: one `and` (``high`` is the words shifted right by
     high_shift(BITS), shared by the positions whose field does not end below bit 23 in place)."""
     FIELD: tl.constexpr = ((1 << BITS) - 1) << field_bit(P, BITS)
-    if P * (1 << (BITS.bit_length() - 1)) < high_shift(BITS):
+    if P < low_positions(BITS):
         return (words & FIELD).to(tl.float32, bitcast=True)
     else:
         return (high & FIELD).to(tl.float32, bitcast=True)
@@ -185,10 +192,10 @@ def _bit_select(words, bits, MASK: tl.constexpr, ASM: tl.constexpr):
 def _merged_fields(words, high, others, lane, BITS: tl.constexpr, ASM: tl.constexpr):
     """The source words of codes of several bit planes, each field holding all bits of its code: per parity of the
     code position (index 0: even), the widest plane's words and ``high`` (shifted right by high_shift) with the
-    bits of every other plane merged in. ``others`` holds the other
-    planes' words in the widest plane's layout (for each of its words, lane ``lane`` of its chunk, the plane's
-    word that holds the same columns); moving a plane's fields to their places in the merged fields is one shift
-    per word, by an amount that depends on the lane alone (plane_start − width · (lane // width))."""
+    bits of every other plane merged in. ``others`` holds the other planes' words in the widest plane's layout (for
+    each of its words, lane ``lane`` of its chunk, the plane's word that holds the same columns); moving a plane's
+    fields to their places in the merged fields is one shift per word, by an amount that depends on the lane alone
+    (plane_start − width · (lane // width))."""
     lows = (words, words)
     highs = (high, high)
     for plane in tl.static_range(1, plane_count(BITS)):

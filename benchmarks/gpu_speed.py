@@ -19,7 +19,7 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             call instead, memsets left out). --sweep also times candidate block sizes of the kernels (the GEMV up to
             GEMV_MAX_BLOCK_M rows, each with one row and with vector_thread_rows rows across threads; the
             tensor-core kernels from 2, the many-row kernel from 32) and reports the best. --bits sets SINQ's code
-            width (g64; tinygemm stays 4-bit): at widths the tensor-core kernels do not read (3, 5, 6, 7) only
+            width (g64; tinygemm stays 4-bit): at widths the tensor-core kernels do not read (1, 3, 5, 6, 7) only
             M <= GEMV_MAX_M runs fused, and the sweep times GEMV candidates alone.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph

@@ -87,8 +87,9 @@ INTERPRETER_CASES = [
     ]
 ]
 
-# Codes of several bit planes (3 = 2 + 1, 5, 6, 7 bits) and of one bit, which only the GEMV reads: the defaults for
-# one and two rows, explicit blocks up to GEMV_MAX_BLOCK_M rows, K splits, ragged N and K, rows across threads.
+# Codes of several bit planes (3 = 2 + 1, 5, 6, 7 bits) and of one bit, which the GEMV reads but no tensor-core kernel:
+# the defaults for one and two rows, explicit blocks up to GEMV_MAX_BLOCK_M rows, K splits, ragged N and K, rows
+# across threads.
 INTERPRETER_PLANE_CASES = [
     (3, 1, 24, 192, 64, None),
     (3, 2, 40, 576, 128, None),  # K = 4.5 groups of 128: ragged last group

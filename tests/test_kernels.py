@@ -49,6 +49,18 @@ def test_hopper_build_runs_wgmma_in_the_tensor_core_loop_and_lop3_in_the_gemv_lo
 
 
 @requires_triton
+def test_kernel_bit_planes_are_the_packing_layouts():
+    """The kernels' compile-time copy of the bit-plane split (triton_kernels.plane_widths / plane_start) is the one
+    sinq_ao.packing packs with, at every width."""
+    from sinq_ao.kernels.triton_kernels import plane_count, plane_start, plane_width
+    from sinq_ao.packing import SUPPORTED_BITS, bit_planes
+
+    for bits in SUPPORTED_BITS:
+        planes = [(plane_width(bits, i), plane_start(bits, i)) for i in range(plane_count(bits))]
+        assert planes == bit_planes(bits), bits
+
+
+@requires_triton
 def test_hopper_gemv_merges_a_3_bit_codes_planes_with_one_lop3_per_word_and_reads_each_code_with_one_more():
     """The 3-bit GEMV's sm_90 K loop (codes of a 2-bit and a 1-bit plane): each 2-bit-plane word and the 1-bit
     word of its chunk merge into whole 3-bit fields with four LOP3s (even and odd code positions, in place and

@@ -157,7 +157,7 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
         block_m, block_n, num_stages, warps_per_sm = m, 8, 3, 3.5
         words_per_step, num_warps = (64, 1) if -(-n // block_n) >= 6 * sm_count else (128, 2)
         if m == 1 and -(-n // 16) >= 6 * sm_count and k * bits <= SHORT_ROW_BITS and bits in KERNEL_BITS:
-            block_n = 16  # measured faster on short rows (above); codes of several planes need more registers
+            block_n = 16  # measured faster on short rows at 2 and 4 bits (above); at 3 bits 16 rows spill
     else:
         block_m = min(_next_power_of_two(m), GEMV_MAX_BLOCK_M)
         block_n, words_per_step, num_warps, num_stages = 64, 16, 4, 1

@@ -78,7 +78,9 @@ def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
 # ``bits`` holds, widest first; a chunk's words of a plane follow the wider planes' words, and its bits sit above
 # theirs in the code. The GEMV reads every code in the layout of its widest plane (width w: code position p of
 # word j of a chunk is column w · p + j, field p at bit w · p of the word), with the bits of the other planes
-# merged into each field, so a field is ``bits`` wide at stride w (codes of one plane: w = bits).
+# merged into each field, so a field is ``bits`` wide at stride w (codes of one plane: w = bits). plane_widths
+# restates bit_planes because Triton's compile-time functions cannot call plain Python functions; a test keeps
+# the two in step.
 
 
 @triton.constexpr_function
@@ -571,7 +573,7 @@ def dequantize_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, st
     code = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.int32)
     for plane in tl.static_range(plane_count(BITS)):
         words = tl.load(q_rows + plane_start(BITS, plane) + k % plane_width(BITS, plane), mask=mask, other=0)
-        field = (words >> ((k % 32) // plane_width(BITS, plane) * plane_width(BITS, plane)))
+        field = words >> ((k % 32) // plane_width(BITS, plane) * plane_width(BITS, plane))
         code |= (field & ((1 << plane_width(BITS, plane)) - 1)) << plane_start(BITS, plane)
     s = tl.load(s_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows * stride_sn + k // GROUP, mask=mask, other=0.0).to(tl.float32)

@@ -19,8 +19,8 @@ layers:     per-layer (N x K) products for M in 1, 4, 16, 64, 256: bf16 F.linear
             call instead, memsets left out). --sweep also times candidate block sizes of the kernels (the GEMV up to
             GEMV_MAX_BLOCK_M rows, each with one row and with vector_thread_rows rows across threads; the
             tensor-core kernels from 2, the many-row kernel from 32) and reports the best. --bits sets SINQ's code
-            width (g64; tinygemm stays 4-bit): at widths the tensor-core kernels do not read (1, 3, 5, 6, 7) only
-            M <= GEMV_MAX_M runs fused, and the sweep times GEMV candidates alone.
+            width (g64; tinygemm stays 4-bit): at 1, 3, 5, 6 and 7 bits the GEMV and the older tensor-core kernel
+            run fused (M <= 256), and the sweep times their candidates alone.
 decode:     end-to-end greedy decode, batch 1, of a Llama-3-8B-shaped model (random bf16 weights, built from a
             config), torch.compile(fullgraph=True) with a static KV cache, each step replayed as one CUDA graph
             (captured by hand, or by mode="reduce-overhead" with --graph reduce-overhead): tokens/s for bf16,
@@ -72,6 +72,7 @@ from sinq_ao.kernels import (  # noqa: E402
     default_group_config,
     default_tile_config,
     even_split,
+    gemm_step_words,
     launch,
     launch_group,
     vector_thread_rows,
@@ -274,7 +275,7 @@ def gemm_candidates(m, n, k, bits):
                                                 (128, 16, 8, 2), (128, 16, 8, 3), (128, 32, 8, 2), (256, 16, 8, 2),
                                                 (32, 16, 4, 2), (64, 8, 4, 2)]:  # fmt: skip
             base = default_gemm_config(m, n, k, bits)._replace(block_n=block_n, block_m=block_m, block_w=block_w)
-            steps = -(-k // 32) * bits // block_w
+            steps = -(-k // 32) * bits // gemm_step_words(block_w, bits, 64)
             programs = -(-n // block_n) * -(-m // block_m)
             auto = even_split(steps, min(16, -(-2 * 132 // programs)))
             for split in sorted({auto, 2 * auto}):
@@ -324,15 +325,15 @@ KERNEL_FAMILIES = ("gemv", "gemm", "mma", "tile")
 
 
 def sweep_candidates(m, n, k, families=KERNEL_FAMILIES, gemv_stages=(1, 3, 4), bits=4):
-    """The --sweep candidates of the chosen kernel families for M activation rows (groups of 64); at code widths
-    the tensor-core kernels do not read, the GEMV's alone."""
+    """The --sweep candidates of the chosen kernel families for M activation rows (groups of 64); at code widths of
+    several bit planes (and 1 bit), the GEMV's and the older tensor-core kernel's alone."""
     candidates = []
     if "gemv" in families and m <= GEMV_MAX_BLOCK_M:
         candidates += gemv_candidates(m, n, k, bits, stages=gemv_stages)
+    if "gemm" in families and m > 1:  # every width (at 3/5/6/7 bits block_w rounds to whole groups)
+        candidates += gemm_candidates(m, n, k, bits)
     if bits not in KERNEL_BITS:
         return candidates
-    if "gemm" in families and m > 1:
-        candidates += gemm_candidates(m, n, k, bits)
     if "mma" in families and m > 1 and k % 64 == 0 and bits in MMA_BITS:
         candidates += mma_candidates(m, n, k)
     if "tile" in families and m > 1 and k % 64 == 0:

@@ -10,6 +10,7 @@ from sinq_ao.kernels import (
     TileConfig,
     default_tile_config,
     dequantize,
+    gemm_step_words,
     launch,
     launch_group,
 )
@@ -87,9 +88,10 @@ INTERPRETER_CASES = [
     ]
 ]
 
-# Codes of several bit planes (3 = 2 + 1, 5, 6, 7 bits) and of one bit, which the GEMV reads but no tensor-core kernel:
-# the defaults for one and two rows, explicit blocks up to GEMV_MAX_BLOCK_M rows, K splits, ragged N and K, rows
-# across threads.
+# Codes of several bit planes (3 = 2 + 1, 5, 6, 7 bits) and of one bit, which the GEMV and the older tensor-core
+# kernel read: the defaults for one and two rows, explicit GEMV blocks up to GEMV_MAX_BLOCK_M rows, K splits, ragged
+# N and K, rows across threads; then the tensor-core kernel's defaults (M = 5) and explicit blocks (ragged M, N and K
+# slices, K not a multiple of 32, a ragged last group of 128, t ⊙ x computed by the caller, 1 to 4 groups per step).
 INTERPRETER_PLANE_CASES = [
     (3, 1, 24, 192, 64, None),
     (3, 2, 40, 576, 128, None),  # K = 4.5 groups of 128: ragged last group
@@ -98,7 +100,17 @@ INTERPRETER_PLANE_CASES = [
     (3, 2, 40, 320, 64, LaunchConfig(16, 2, split_k=2, thread_rows=4)),
     (3, 1, 24, 256, 32, LaunchConfig(8, 4, thread_rows=2)),  # groups of one chunk
 ] + [(bits, m, n, k, 64, config) for bits in (1, 5, 6, 7) for m, n, k, config in [
-    (1, 24, 192, None), (3, 40, 200, LaunchConfig(16, 2, split_k=2, block_m=4, thread_rows=2))]]
+    (1, 24, 192, None), (3, 40, 200, LaunchConfig(16, 2, split_k=2, block_m=4, thread_rows=2))]] + [
+    (3, 5, 24, 192, 64, None),
+    (3, 20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),
+    (3, 17, 24, 200, 64, GemmConfig(16, 32, 32)),
+    (3, 4, 16, 576, 128, GemmConfig(16, 16, 8)),
+    (3, 70, 24, 256, 64, GemmConfig(32, 64, 16)),
+    (1, 5, 24, 192, 64, None),
+    (5, 20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),
+    (6, 5, 24, 256, 32, None),
+    (7, 17, 24, 200, 64, None),
+]
 
 # The register-operand kernel reads 16-bit activations only (float16 here): M, N ragged, K split, 2 and 4 bits.
 INTERPRETER_MMA_CASES = [
@@ -147,7 +159,7 @@ def run_interpreter_cases() -> None:
             assert error < tolerance, (dtype, bits, m, n, k, g, error)
         for bits, m, n, k, g, config in INTERPRETER_PLANE_CASES:
             error = kernel_relative_error(bits, m, n, k, g, dtype, "cpu", config)
-            print(f"{dtype} GEMV bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
+            print(f"{dtype} several planes / one bit, bits={bits} M={m} N={n} K={k} g={g}: {error:.2e}", flush=True)
             assert error < tolerance, (dtype, bits, m, n, k, g, error)
         for bits, n, k, g in [(2, 24, 192, 64), (4, 40, 200, 64), (8, 17, 576, 128), (3, 40, 200, 64), (1, 24, 192, 64),
                               (5, 17, 576, 128), (6, 24, 256, 32), (7, 40, 200, 64)]:  # fmt: skip
@@ -209,15 +221,16 @@ def compile_for_hopper(bits: int, group_size: int = 64) -> list[str]:
         (sinq_gemv_group_kernel, {**common, "BLOCK_M": 1, "BLOCK_N": 8, "GROUPS_PER_STEP": 2, "EVEN_K": True,
                                   "ASM": True, "NUM_STAGES": 3, "THREAD_ROWS": 4}),
         (sinq_gemm_kernel, {**common, "HAS_BIAS": True, "PARTIAL": False, "BLOCK_M": 16, "BLOCK_N": 64,
-                            "BLOCK_W": 16, "EVEN_K": False, "PRESCALED": False, "ASM": True}),  # fmt: skip
+                            "BLOCK_W": gemm_step_words(16, bits, group_size), "EVEN_K": False, "PRESCALED": False,
+                            "ASM": True}),  # fmt: skip
         (splitk_reduce_kernel, {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}),
         (dequantize_kernel, {**common, "BLOCK_N": 16, "BLOCK_K": 256}),
         (tile_activations_kernel, {"BLOCK": 1024, "COUNT_BLOCK": 256}),
         (sinq_tile_kernel, {**common, "HAS_BIAS": True, "SPLIT_K": 2, "BLOCK_M": 64, "BLOCK_N": 128,
                             "BLOCK_W": 2 * bits, "ASM": True, "NUM_STAGES": 3}),
     ]
-    if bits not in (2, 4, 8):  # codes of several bit planes (and of one bit): the GEMVs and the unpack kernel
-        kernels = kernels[:2] + kernels[4:5]
+    if bits not in (2, 4, 8):  # codes of several bit planes (and of one bit): the GEMVs, the older tensor-core
+        kernels = kernels[:5]  # kernel and the unpack kernel
     if bits in (2, 4):  # the register-operand kernel needs 16 halves per group: 128 codes at 2 bits
         mma = {"BITS": bits, "GROUP": max(group_size, 256 // bits)}
         kernels += [(mma_activations_kernel, {**mma, "GROUPS": 4, "COUNT_BLOCK": 256}),

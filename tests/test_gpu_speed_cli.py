@@ -43,14 +43,20 @@ def test_every_sweep_candidate_is_a_configuration_the_launcher_accepts(n, k):
         assert kinds == expected, m
 
 
-@pytest.mark.parametrize("m", [1, 2, 4, 16])
-def test_sweep_at_3_bits_tries_the_gemv_alone(m):
-    """Codes of two bit planes run on the GEMV only: its candidates (with power-of-two thread rows) up to
-    GEMV_MAX_BLOCK_M rows, nothing beyond."""
+@pytest.mark.parametrize("m", [1, 2, 4, 16, 64])
+def test_sweep_at_3_bits_tries_the_gemv_and_the_older_tensor_core_kernel_alone(m):
+    """Codes of two bit planes run on the GEMV (its candidates, with power-of-two thread rows, up to
+    GEMV_MAX_BLOCK_M rows) and on the older tensor-core kernel (whole groups per step, K split evenly)."""
+    from sinq_ao.kernels import GemmConfig, gemm_step_words
+
     configs = sweep_candidates(m, 4096, 4096, bits=3)
     for config in configs:
         _check_config(config)
-    assert {type(c).__name__ for c in configs} == ({"LaunchConfig"} if m <= 4 else set())
+        if isinstance(config, GemmConfig):
+            step = gemm_step_words(config.block_w, 3, 64)
+            assert step % 6 == 0 and (4096 // 32 * 3 // step) % config.split_k == 0, config
+    expected = ({"LaunchConfig"} if m <= 4 else set()) | ({"GemmConfig"} if m > 8 else set())
+    assert {type(c).__name__ for c in configs} == expected
     assert all(c.thread_rows & (c.thread_rows - 1) == 0 for c in group_candidates(1, bits=3))
 
 

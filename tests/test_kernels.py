@@ -27,8 +27,9 @@ def test_kernels_match_reference_under_the_triton_interpreter():
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_kernels_compile_for_hopper_without_a_gpu(bits):
     """Every kernel that reads a width builds for sm_90: all of them at 2/4/8 bits (the register-operand kernel
-    at 2 and 4 only), the two GEMVs and the unpack kernel at the other widths."""
-    assert len(compile_for_hopper(bits)) == {2: 9, 4: 9, 8: 7}.get(bits, 3)
+    at 2 and 4 only), the two GEMVs, the older tensor-core kernel (with its split-K reduction) and the unpack
+    kernel at the other widths."""
+    assert len(compile_for_hopper(bits)) == {2: 9, 4: 9, 8: 7}.get(bits, 5)
 
 
 @requires_triton
@@ -80,6 +81,24 @@ def test_hopper_gemv_merges_a_3_bit_codes_planes_with_one_lop3_per_word_and_read
 
 
 @requires_triton
+@pytest.mark.parametrize("bits", [3, 5, 7])
+def test_hopper_tensor_core_kernel_reads_codes_of_several_bit_planes_into_vector_stores_of_whole_chunks(bits):
+    """The older tensor-core kernel's sm_90 K loop at 3, 5 and 7 bits (64 x 64 tile, 4 warps, one group of 64 per
+    step): wgmma, nothing in local memory, and the dequantized tile reaches shared memory in vector stores (a
+    thread holds its chunks' 32 columns in order), as at 4 bits: at most one store per four codes (each code as a
+    store of its own, as when neighbouring threads take neighbouring rows, would be 32)."""
+    from benchmarks.sass_count import KERNELS, longest_loop, sass_of
+    from sinq_ao.kernels import gemm_step_words
+
+    kernel, constants, warps, stages = KERNELS["gemm"]
+    constants = {**constants, "BITS": bits, "BLOCK_W": gemm_step_words(8, bits, 64)}
+    loop = [op.split(".")[0] for op in longest_loop(sass_of(kernel, constants, warps, stages))]
+    codes_per_thread = constants["BLOCK_N"] * 64 // (32 * warps)
+    assert "HGMMA" in loop and not {"LDL", "STL"} & set(loop)
+    assert loop.count("STS") <= codes_per_thread // 4, loop.count("STS")
+
+
+@requires_triton
 def test_register_operand_kernel_feeds_wgmma_from_registers_with_one_lop3_per_two_codes():
     """sinq_mma_kernel's sm_90 K loop: the packed halves go from their pipelined shared-memory copy (ldmatrix)
     straight into the wgmma register operand, one LOP3 per two codes; no tile is stored to shared memory (the
@@ -124,9 +143,9 @@ def test_kernel_launch_configs_match_reference_on_gpu(bits):
 @requires_cuda
 @pytest.mark.parametrize("bits", [1, 3, 5, 6, 7])
 def test_gemv_reads_codes_of_several_bit_planes_and_of_one_bit_on_gpu(bits):
-    """The widths only the GEMV reads: one and two activation rows with the default blocks and explicit blocks up
-    to GEMV_MAX_BLOCK_M rows (K splits, rows across threads, several warps, pipelines) over random ragged N and K,
-    bf16 and fp16 activations in turn."""
+    """The GEMV at the widths of several bit planes and of one bit: one and two activation rows with the default
+    blocks and explicit blocks up to GEMV_MAX_BLOCK_M rows (K splits, rows across threads, several warps,
+    pipelines) over random ragged N and K, bf16 and fp16 activations in turn."""
     gen = torch.Generator().manual_seed(500 + bits)
     configs = [None, None, LaunchConfig(16, 4, 2, 2, 4, 3), LaunchConfig(8, 8, 1, 1, 1, 3),
                LaunchConfig(32, 4, 1, 1, 2, 3, thread_rows=4), LaunchConfig(16, 2, 3, 4, 4, 1, thread_rows=2),
@@ -161,7 +180,7 @@ def assert_configs_match_reference(bits, configs, ms, seed):
 
 
 @requires_cuda
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_tensor_core_kernel_matches_reference_on_gpu_over_random_shapes(bits, dtype):
     """M beyond the GEMV: default configurations, random ragged N and K (not always whole steps or groups)."""
@@ -175,10 +194,12 @@ def test_tensor_core_kernel_matches_reference_on_gpu_over_random_shapes(bits, dt
 
 
 @requires_cuda
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_tensor_core_launch_configs_match_reference_on_gpu(bits):
-    """Block shapes the sweep tries, incl. uneven K splits, several warps and pipeline depths."""
-    words = bits * 2  # 64 codes per K step (the defaults' depth; tiles of 256 codes at 2 bits overflow shared memory)
+    """Block shapes the sweep tries, incl. uneven K splits, several warps and pipeline depths (at 3 and 5 bits
+    block_w rounds to whole groups: one, two and four of 64 codes)."""
+    words = 1 << (bits * 2 - 1).bit_length()  # 64 codes per K step (the defaults' depth; tiles of 256 codes at 2
+    # bits overflow shared memory); the power of two above 6 and 10 words at 3 and 5 bits
     configs = [GemmConfig(64, 16, words, 3), GemmConfig(128, 32, 2 * words, 2, 8, 2), GemmConfig(64, 64, words, 1, 4, 2),
                GemmConfig(128, 128, words, 5, 8, 2), GemmConfig(256, 16, words, 1, 8, 2), GemmConfig(64, 16, 4 * words, 7)]  # fmt: skip
     assert_configs_match_reference(bits, configs, [16, 20, 64, 130, 9, 1], seed=300 + bits)
@@ -326,7 +347,7 @@ def test_quantized_llama_compiles_fullgraph_on_gpu_and_matches_eager(bits):
 
 
 @requires_cuda
-def test_gpu_linear_of_3_bit_codes_runs_the_gemv_for_decode_and_the_unpack_kernel_beyond(monkeypatch):
+def test_gpu_linear_of_3_bit_codes_runs_the_kernels_up_to_256_rows_and_the_unpack_kernel_beyond(monkeypatch):
     from sinq_ao import kernels
     from sinq_ao.tensor import plain_linear
 
@@ -339,20 +360,41 @@ def test_gpu_linear_of_3_bit_codes_runs_the_gemv_for_decode_and_the_unpack_kerne
 
     monkeypatch.setattr(kernels, "launch", counting)
     w = SINQTensor.from_hp(torch.randn(256, 512, device="cuda", dtype=torch.bfloat16), bits=3)
-    for m in (1, 2, 16):
+    for m in (1, 2, 16, 256, 300):
         x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
         assert relative_error(torch.nn.functional.linear(x, w), plain_linear(x, w)) < 1e-2
-    assert launches == [1, 2]  # M = 16: unpack + cuBLAS (no tensor-core kernel reads two bit planes)
+    assert launches == [1, 2, 16, 256]  # the GEMV, then the older tensor-core kernel; M = 300: unpack + cuBLAS
 
 
-def test_codes_of_several_bit_planes_beyond_the_gemv_are_refused_by_name():
+def test_codes_of_several_bit_planes_are_refused_by_the_kernels_that_cannot_read_them_by_name():
+    """At 3 bits the register-operand and many-row kernels refuse, naming the format; the older tensor-core
+    kernel's block_w must still be a power of two (it is rounded to whole groups of 6 words)."""
     from sinq_ao.kernels import launch
 
     w = SINQTensor.from_hp(torch.randn(32, 64), bits=3, group_size=32)
     x, y = torch.randn(16, 64), torch.empty(16, 32)
-    for config in (None, GemmConfig(64, 16, 6), MmaConfig()):
-        with pytest.raises(ValueError, match="3-bit codes run on the GEMV only"):
+    for config, message in [(MmaConfig(), "MmaConfig needs bits in"), (TileConfig(), "TileConfig needs .* bits=3"),
+                            (GemmConfig(64, 16, 6), "GemmConfig.block_w=6 must be a power of two")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
             launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 3, 32, config=config)
+
+
+@given(log_block_w=st.integers(0, 9), bits=st.integers(1, 8), group_size=st.sampled_from([32, 64, 128, 256]))
+def test_tensor_core_steps_are_whole_groups_a_power_of_two_of_them_for_several_bit_planes(log_block_w, bits,
+                                                                                        group_size):  # fmt: skip
+    """GemmConfig.block_w is a power of two (_check_config)."""
+    from sinq_ao.kernels import gemm_step_words
+
+    block_w = 1 << log_block_w
+
+    words_per_group = group_size * bits // 32
+    step = gemm_step_words(block_w, bits, group_size)
+    groups, ragged = divmod(step, words_per_group)
+    assert not ragged and groups >= 1 and step <= max(block_w, words_per_group)
+    if bits in (1, 2, 4, 8):  # one bit plane: block_w raised to a whole group, as before codes of several planes
+        assert step == max(block_w, words_per_group)
+    else:
+        assert groups & (groups - 1) == 0 and 2 * step > block_w
 
 
 @requires_cuda
@@ -401,17 +443,20 @@ def test_default_config_takes_16_rows_per_program_only_for_one_row_on_many_short
     assert default_config(2, 14336, 4096, 4, 64).block_n == 8
 
 
-@given(m=st.integers(2, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.sampled_from([2, 4, 8]))
-def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, bits):
+@given(m=st.integers(2, 256), n=st.integers(1, 40000), k_chunks=st.integers(1, 600), bits=st.integers(1, 8),
+       group_size=st.sampled_from([32, 64, 128]))  # fmt: skip
+def test_default_gemm_config_fits_and_splits_k_into_equal_steps(m, n, k_chunks, bits, group_size):
     """Tensor-core defaults: tiles at least 16 deep and 16 tall for tl.dot, no ragged K slices, and a K step of at
-    most 256 codes (larger tiles overflow shared memory at 2 bits)."""
-    from sinq_ao.kernels import default_gemm_config
+    most 256 codes (larger tiles overflow shared memory at 2 bits; codes of several planes: whole groups)."""
+    from sinq_ao.kernels import _check_config, default_gemm_config, gemm_step_words
 
-    config = default_gemm_config(m, n, k_chunks * 32, bits)
+    config = default_gemm_config(m, n, k_chunks * 32, bits, group_size=group_size)
+    _check_config(config)
     n_words = k_chunks * bits
-    steps, ragged = divmod(n_words, config.block_w)
+    step = config.block_w if bits in (1, 2, 4, 8) else gemm_step_words(config.block_w, bits, group_size)
+    steps, ragged = divmod(n_words, step)
     assert 16 <= config.block_m <= 128 and config.block_m >= min(m, 128) // 2
-    assert 16 <= config.block_w * 32 // bits <= 256
+    assert 16 <= step * 32 // bits <= max(256, group_size)
     assert config.split_k == 1 if ragged else steps % config.split_k == 0
 
 

@@ -43,8 +43,8 @@ GEMV_MAX_M = 2  # the dispatcher's GEMV range (M = 2: 1.1-1.5x faster than sinq_
 GEMV_MAX_BLOCK_M = 4  # activation rows per GEMV program when the GEMV is asked for several
 FUSED_MAX_M = 256  # above this many activation rows, unpack the weight once and use cuBLAS (measured faster)
 PRESCALE_MIN_BLOCK_M = 64  # from this block height, t ⊙ x is computed once by the caller, not in every program
-KERNEL_BITS = (2, 4, 8)  # the tensor-core kernels: one bit plane, a word holds 32 / bits whole codes
-GEMV_BITS = SUPPORTED_BITS  # the GEMV (up to GEMV_MAX_M rows) and the unpack kernel: codes of several planes too
+KERNEL_BITS = (2, 4, 8)  # one bit plane, a word holds 32 / bits whole codes: the many-row kernel's widths
+GEMV_BITS = SUPPORTED_BITS  # the GEMV, the older tensor-core kernel and the unpack kernel: codes of several planes too
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 MMA_BITS = (2, 4)  # the register-operand kernel: a 16-bit half holds whole codes and a group >= 16 halves
 MMA_MAX_M = 16  # the dispatcher's range for it (M = 3..16 where the format allows); the older tensor-core kernel
@@ -69,7 +69,7 @@ class GemmConfig(NamedTuple):
 
     block_n: int  # weight rows per program (the tensor cores' M side)
     block_m: int  # activation rows per program (>= 16)
-    block_w: int  # packed words per K step per row (raised to a whole group; the dot's depth is block_w · 32 / bits)
+    block_w: int  # packed words per K step per row (gemm_step_words: whole groups; the dot's depth block_w · 32 / bits)
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
@@ -171,21 +171,34 @@ def default_config(m: int, n: int, k: int, bits: int, group_size: int, sm_count:
     return LaunchConfig(block_n, groups_per_step, split_k, num_warps, block_m, num_stages)
 
 
-def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132) -> GemmConfig:
+def gemm_step_words(block_w: int, bits: int, group_size: int) -> int:
+    """The packed words per K step that the tensor-core kernel takes for GemmConfig.block_w: raised to a whole
+    group; for codes of several bit planes, whose groups are not a power of two of words (6 at 3 bits and g64),
+    the whole groups that block_w words hold, rounded down to a power of two (at least one)."""
+    words_per_group = _words_per_group(bits, group_size)
+    if len(bit_planes(bits)) == 1:
+        return max(block_w, words_per_group)
+    return _power_of_two_floor(max(1, block_w // words_per_group)) * words_per_group
+
+
+def default_gemm_config(m: int, n: int, k: int, bits: int, sm_count: int = 132, group_size: int = 64) -> GemmConfig:
     """Block sizes of the tensor-core kernel for an (m x k) @ (k x n) product (M > GEMV_MAX_M).
 
     From `benchmarks/gpu_speed.py layers --sweep` on an H100 (4096x4096 and 14336x4096, 4-bit g64): 64 weight rows
     per program, 4 warps and a 2-stage pipeline were best at M from 16 to 64; 64 codes per K step, except 256 for
     32 < M <= 64; from 128-row activation blocks (M > 64), 128 weight rows x 256 codes per step with 8 warps
     (layers_v4_m4_m256_sweep.json: 43.9 / 131.2 us at M = 256 on 4096^2 / 8192^2 against 47.6 / 178.2 for the
-    64-row tile). K is split until about four programs per SM exist (two for block heights above 16).
+    64-row tile). K is split until about four programs per SM exist (two for block heights above 16). Codes of
+    several bit planes take the same codes per step (block_w the power of two above their words: 8 at 3 bits for
+    64 codes, which gemm_step_words turns into one group of 64); not timed on a GPU yet.
     """
     block_m = min(max(16, _next_power_of_two(m)), 128)
     block_n, codes_per_step, num_warps = (128, 256, 8) if block_m >= 128 else (64, 256 if 32 < m <= 64 else 64, 4)
-    block_w = codes_per_step * bits // 32
+    block_w = _next_power_of_two(codes_per_step * bits // 32)
     n_words = -(-k // 32) * bits
     programs = -(-n // block_n) * -(-m // block_m)
-    steps, ragged = divmod(n_words, block_w)
+    step = block_w if len(bit_planes(bits)) == 1 else gemm_step_words(block_w, bits, group_size)
+    steps, ragged = divmod(n_words, step)
     target = min(8, -(-(4 if block_m <= 16 else 2) * sm_count // programs))
     split_k = 1 if ragged else even_split(steps, target)
     return GemmConfig(block_n, block_m, block_w, split_k, num_warps=num_warps, num_stages=2)
@@ -239,15 +252,14 @@ def default_mma_config(m: int, n: int, k: int, group_size: int, sm_count: int = 
 
 def kernel_supports(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
     """Whether the fused kernel handles this call (otherwise the plain PyTorch path runs): up to FUSED_MAX_M
-    activation rows where the tensor-core kernels read the codes (KERNEL_BITS), else up to GEMV_MAX_M (the GEMV
-    alone: codes of several bit planes, 3, 5, 6, 7 bits, and of 1 bit)."""
-    rows = FUSED_MAX_M if bits in KERNEL_BITS else GEMV_MAX_M
-    return x.numel() <= rows * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
+    activation rows of a format the kernels read. At every width the GEMV takes up to GEMV_MAX_M rows and the
+    older tensor-core kernel the rest; 1-, 3-, 5-, 6- and 7-bit codes take no other kernel."""
+    return x.numel() <= FUSED_MAX_M * x.shape[-1] and format_supported(x, bits, group_size, tiling, scheme)
 
 
 def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, scheme: str) -> bool:
-    """Whether the GEMV and the unpack kernel read this weight format for these activations (the tensor-core
-    kernels also need bits in KERNEL_BITS)."""
+    """Whether the GEMV, the older tensor-core kernel and the unpack kernel read this weight format for these
+    activations (the register-operand kernel also needs ``mma_supported``, the many-row kernel ``tile_supported``)."""
     return (
         triton is not None
         and x.is_cuda
@@ -267,10 +279,6 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     kernel (``wrap_triton`` under the op)."""
     m, k = x.shape
     n = y.shape[1]
-    if bits not in KERNEL_BITS and not (isinstance(config, LaunchConfig) or (config is None and m <= GEMV_MAX_M)):
-        raise ValueError(f"{bits}-bit codes run on the GEMV only (bits in {KERNEL_BITS} on every kernel): pass at "
-                         f"most GEMV_MAX_M={GEMV_MAX_M} activation rows or a LaunchConfig; got M={m}, "
-                         f"config={config!r}")  # fmt: skip
     if config is not None:
         _check_config(config)
     else:
@@ -282,7 +290,7 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
         elif tile_preferred(m, n, bits, sms) and tile_supported(x, bits, group_size):
             config = default_tile_config(m, n, k, bits, sms)
         else:
-            config = default_gemm_config(m, n, k, bits, sms)
+            config = default_gemm_config(m, n, k, bits, sms, group_size)
     wrap = launcher or (lambda kernel: kernel)
     has_bias = bias is not None
     bias = bias if has_bias else y
@@ -456,7 +464,7 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     m, k = x.shape
     n = out.shape[-1]
     n_words = qdata.shape[1]
-    block_w = max(config.block_w, _words_per_group(bits, group_size))  # whole groups per step
+    block_w = gemm_step_words(config.block_w, bits, group_size)  # whole groups per step
     words_per_split = triton.cdiv(triton.cdiv(n_words, config.split_k), block_w) * block_w
     even_k = words_per_split * config.split_k == n_words  # every slice whole steps, none past the end
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))

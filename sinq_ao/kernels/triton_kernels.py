@@ -145,6 +145,58 @@ def merge_mask(bits, plane, parity, high):
     return mask - (1 << 32) if mask >> 31 else mask
 
 
+# The tensor-core kernel dequantizes each code with one fma from the float 2^23 + Q · 2^e, e >= 15 (so that the
+# fma's offset −s · (z + 2^(23 − e)) keeps z's fraction to 2^-16): a code of one plane sits at e(p) = 15 + BITS · j
+# once its byte is moved to bits 15..22 (j = p mod 8/BITS). Codes of several planes take the GEMV's merged fields
+# (_merged_fields: four words, by parity of p, in place or shifted right by high_shift), in which the fields of
+# one parity are ``bits`` wide at stride 2w; the byte-wide window at bits 15..22 of such a word, shifted, holds
+# window_codes(bits) of them (two at 3 bits, one at 5, 6 and 7), at e = 15 + 2w · j.
+
+
+@triton.constexpr_function
+def window_codes(bits):
+    """Fields of one parity of a merged word (``bits`` wide, stride 2w) that fit in bits 15..22 at once."""
+    return (8 - bits) // (2 * plane_width(bits, 0)) + 1
+
+
+@triton.constexpr_function
+def code_classes(bits):
+    """How many exponents e(p) the tensor-core kernel's codes take: 8 / bits for a code of one plane (one per code
+    of a byte), window_codes(bits) otherwise."""
+    return 8 // bits if len(plane_widths(bits)) == 1 else window_codes(bits)
+
+
+@triton.constexpr_function
+def class_exponent(j, bits):
+    """e of class j: 15 + bits · j (one plane), 15 + 2w · j (several)."""
+    return 15 + (bits if len(plane_widths(bits)) == 1 else 2 * plane_width(bits, 0)) * j
+
+
+@triton.constexpr_function
+def merged_source(p, bits):
+    """Which of _merged_fields' words holds code p's field: (in place, shifted right) x (even p, odd p), in the
+    order (lows[0], lows[1], highs[0], highs[1]); and p's rank among that word's positions."""
+    low = low_positions(bits)
+    first = p % 2 if p < low else low + (p - low) % 2
+    return p % 2 + (0 if p < low else 2), (p - first) // 2
+
+
+@triton.constexpr_function
+def code_class(p, bits):
+    """The class j of code p's exponent e(p) = class_exponent(j, bits)."""
+    if len(plane_widths(bits)) == 1:
+        return p % (8 // bits)
+    return merged_source(p, bits)[1] % window_codes(bits)
+
+
+@triton.constexpr_function
+def window_shift(p, bits):
+    """The left shift (negative: right) of code p's merged word that puts p's field at bit class_exponent: its
+    window's first field moves to bit 15."""
+    rank = merged_source(p, bits)[1]
+    return 15 - (field_bit(p, bits) - 2 * plane_width(bits, 0) * (rank % window_codes(bits)))
+
+
 @triton.constexpr_function
 def activation_scale(p, bits):
     """2^(85 − d(p)): xs_p = (t ⊙ x)_p · 2^(85 − d(p)) times code p's subnormal float is 2^-64 · Q · (t ⊙ x)_p."""
@@ -210,6 +262,27 @@ def _merged_fields(words, high, others, lane, BITS: tl.constexpr, ASM: tl.conste
         highs = (_bit_select(highs[0], high_bits, merge_mask(BITS, plane, 0, True), ASM),
                  _bit_select(highs[1], high_bits, merge_mask(BITS, plane, 1, True), ASM))
     return lows, highs
+
+
+@triton.jit
+def _window_code_bits(sources, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The bits of the float 2^23 + Q · 2^e(P) for code P of codes of several bit planes, from _merged_fields'
+    words (``sources``): the word shifted so that P's window sits at bits 15..22 (one shift per window, shared by
+    its codes), then the field's and-or with 2^23's bits (one lop3)."""
+    MASK: tl.constexpr = (1 << BITS) - 1
+    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
+    FIELD: tl.constexpr = MASK << class_exponent(code_class(P, BITS), BITS)
+    SHIFT: tl.constexpr = window_shift(P, BITS)
+    word = sources[merged_source(P, BITS)[0]]
+    if SHIFT >= 0:
+        shifted = word << SHIFT
+    else:
+        shifted = word >> -SHIFT
+    if ASM:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
+                                         dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
+    else:
+        return (shifted & FIELD) | MAGIC
 
 
 @triton.jit
@@ -428,25 +501,30 @@ def _gemv_block(
 
 
 @triton.jit
-def _dequantized_codes(words, scales, offsets, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """s · (code P of each word − z) in fp32 for a tile of words: the float 2^23 + Q · 2^e(P) (_code_bits) times
-    scales[j] = s · 2^-e plus offsets[j] = −s · (z + 2^(23 − e)), one fma; j = P mod (8 / BITS) picks e(P)."""
-    code = _code_bits(words, P, BITS, ASM).to(tl.float32, bitcast=True)
-    return code * scales[P % (8 // BITS)] + offsets[P % (8 // BITS)]
+def _dequantized_codes(sources, scales, offsets, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """s · (code P of each word − z) in fp32 for a tile of words: the float 2^23 + Q · 2^e(P) (_code_bits, or
+    _window_code_bits for codes of several bit planes) times scales[j] = s · 2^-e plus offsets[j] = −s · (z +
+    2^(23 − e)), one fma; j = code_class(P) picks e(P). ``sources``: the words (one bit plane) or _merged_fields'
+    four merged words."""
+    if plane_count(BITS) == 1:
+        code = _code_bits(sources[0], P, BITS, ASM).to(tl.float32, bitcast=True)
+    else:
+        code = _window_code_bits(sources, P, BITS, ASM).to(tl.float32, bitcast=True)
+    return code * scales[code_class(P, BITS)] + offsets[code_class(P, BITS)]
 
 
 @triton.jit
-def _unpack_in_order(words, scales, offsets, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr,
+def _unpack_in_order(sources, scales, offsets, P0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr,
                      BITS: tl.constexpr, DTYPE: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
-    """Dequantized codes P0, P0 + STRIDE, ... (COUNT of them) of each word of a [R, W] tile, as [R, W·COUNT] with
-    entry f·COUNT + j = code P0 + j·STRIDE of word f. Built by interleaving halves (tl.interleave keeps the new
-    axis within each thread, so the in-order tile needs no shuffles); called with P0 = 0, STRIDE = 1 it gives the
-    weight row in column order."""
+    """Dequantized codes P0, P0 + STRIDE, ... (COUNT of them) of each word of [R, W] tiles (``sources``, as for
+    _dequantized_codes), as [R, W·COUNT] with entry f·COUNT + j = code P0 + j·STRIDE of word f. Built by
+    interleaving halves (tl.interleave keeps the new axis within each thread, so the in-order tile needs no
+    shuffles); called with P0 = 0, STRIDE = 1 it gives each word's codes in position order."""
     if COUNT == 1:
-        return _dequantized_codes(words, scales, offsets, P0, BITS, ASM).to(DTYPE)
+        return _dequantized_codes(sources, scales, offsets, P0, BITS, ASM).to(DTYPE)
     else:
-        evens = _unpack_in_order(words, scales, offsets, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
-        odds = _unpack_in_order(words, scales, offsets, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
+        evens = _unpack_in_order(sources, scales, offsets, P0, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
+        odds = _unpack_in_order(sources, scales, offsets, P0 + STRIDE, 2 * STRIDE, COUNT // 2, BITS, DTYPE, ASM)
         return tl.interleave(evens, odds)
 
 
@@ -459,22 +537,78 @@ def _per_word(values, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, WPG: tl.const
 @triton.jit
 def _dequantized_tile(words, s, z, BITS: tl.constexpr, GROUPS: tl.constexpr, WPG: tl.constexpr, DTYPE: tl.constexpr,
                       ASM: tl.constexpr):  # fmt: skip
-    """s · (Q − z) in DTYPE, in column order, for a [BLOCK_N, GROUPS · WPG] tile of packed words whose groups' fp32
-    scales and zero-points are s and z ([BLOCK_N, GROUPS]): one fma per code with s · 2^-e and −s · (z + 2^(23 − e))
-    per e(p) class j (e = 15 + BITS · j), broadcast to each group's words; returns [BLOCK_N, GROUPS · WPG · PER]."""
+    """s · (Q − z) in DTYPE, in column order, for a [BLOCK_N, GROUPS · WPG] tile of packed words of one bit plane
+    whose groups' fp32 scales and zero-points are s and z ([BLOCK_N, GROUPS]): one fma per code with s · 2^-e and
+    −s · (z + 2^(23 − e)) per e(p) class j (e = 15 + BITS · j), broadcast to each group's words; returns
+    [BLOCK_N, GROUPS · WPG · PER]."""
     PER: tl.constexpr = 32 // BITS
     BLOCK_N: tl.constexpr = words.shape[0]
     BLOCK_W: tl.constexpr = GROUPS * WPG
-    scales = ()
-    offsets = ()
-    for j in tl.static_range(8 // BITS):
-        scales = scales + (_per_word(s * (1.0 / (1 << exponent(j, BITS))), BLOCK_N, GROUPS, WPG),)
-        offsets = offsets + (_per_word(-s * (z + (1 << (23 - exponent(j, BITS)))), BLOCK_N, GROUPS, WPG),)
-    w = _unpack_in_order(words, scales, offsets, 0, 1, PER, BITS, DTYPE, ASM)
+    scales, offsets = _class_scales(s, z, BITS, GROUPS, WPG)
+    w = _unpack_in_order((words,), scales, offsets, 0, 1, PER, BITS, DTYPE, ASM)
     # entry f·PER + p holds column (f // BITS)·32 + p·BITS + f mod BITS (layout v2): within each 32-column chunk
     # the order is (word j, position p); put it in column order (p, j), a register relabelling
     return tl.reshape(tl.permute(tl.reshape(w, (BLOCK_N, BLOCK_W // BITS, BITS, PER)), (0, 1, 3, 2)),
                       (BLOCK_N, BLOCK_W * PER))  # fmt: skip
+
+
+@triton.jit
+def _class_scales(s, z, BITS: tl.constexpr, GROUPS: tl.constexpr, E: tl.constexpr):
+    """Per e(p) class j: s · 2^-e and −s · (z + 2^(23 − e)) ([BLOCK_N, GROUPS] each) repeated for each of a
+    group's E words ([BLOCK_N, GROUPS · E])."""
+    BLOCK_N: tl.constexpr = s.shape[0]
+    scales = ()
+    offsets = ()
+    for j in tl.static_range(code_classes(BITS)):
+        scales = scales + (_per_word(s * (1.0 / (1 << class_exponent(j, BITS))), BLOCK_N, GROUPS, E),)
+        offsets = offsets + (_per_word(-s * (z + (1 << (23 - class_exponent(j, BITS)))), BLOCK_N, GROUPS, E),)
+    return scales, offsets
+
+
+@triton.jit
+def _in_lane_order(lanes, J0: tl.constexpr, STRIDE: tl.constexpr, COUNT: tl.constexpr):
+    """lanes[J0], lanes[J0 + STRIDE], ... (COUNT [R, C] tiles) interleaved into [R, C · COUNT], entry c · COUNT +
+    j from lanes[J0 + j · STRIDE] (tl.interleave: the new axis stays within each thread)."""
+    if COUNT == 1:
+        return lanes[J0]
+    else:
+        return tl.interleave(_in_lane_order(lanes, J0, 2 * STRIDE, COUNT // 2),
+                             _in_lane_order(lanes, J0 + STRIDE, 2 * STRIDE, COUNT // 2))  # fmt: skip
+
+
+@triton.jit
+def _dequantized_plane_tile(q_ptr, row0, N, stride_qn, w0, last, s, z, BITS: tl.constexpr, GROUP: tl.constexpr,
+                            GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, DTYPE: tl.constexpr,
+                            ASM: tl.constexpr):  # fmt: skip
+    """s · (Q − z) in DTYPE, in column order, [BLOCK_N, GROUPS · GROUP], for the GROUPS groups of codes of several
+    bit planes that start at word w0 of rows row0 .. row0 + BLOCK_N − 1 (clamped to N − 1); words at or past
+    ``last`` read as 0 unless EVEN_K. Each of a chunk's BITS words is loaded once, as a [BLOCK_N, chunks] tile from a
+    row-major 1-D load, so that neighbouring threads take neighbouring chunks under every Triton version (a 2-D
+    load of these strided words leaves the order to a tie, which Triton 3.6 and 3.9 break differently). Per lane j
+    of the widest plane (width w: its word j of the chunk holds columns w · p + j), the lane's words of every plane
+    merge into whole fields (_merged_fields) and unpack in position order; the lanes are then interleaved, so each
+    thread holds its chunks' 32 columns in order (vector stores to the dot's shared-memory tile, as at 4 bits)."""
+    W: tl.constexpr = plane_width(BITS, 0)
+    CHUNKS: tl.constexpr = GROUPS * (GROUP // 32)
+    i = tl.arange(0, BLOCK_N * CHUNKS)  # row-major (row, chunk)
+    rows = tl.minimum(row0 + i // CHUNKS, N - 1)
+    first = q_ptr + rows.to(tl.int64) * stride_qn + w0 + (i % CHUNKS) * BITS
+    ok = w0 + (i % CHUNKS) * BITS < last
+    loaded = ()
+    for b in tl.static_range(BITS):
+        word = tl.load(first + b) if EVEN_K else tl.load(first + b, mask=ok, other=0)
+        loaded = loaded + (tl.reshape(word, (BLOCK_N, CHUNKS)),)
+    scales, offsets = _class_scales(s, z, BITS, GROUPS, GROUP // 32)
+    lanes = ()
+    for lane in tl.static_range(W):
+        others = ()
+        for plane in tl.static_range(1, plane_count(BITS)):
+            others = others + (loaded[plane_start(BITS, plane) + lane % plane_width(BITS, plane)],)
+        high = _shift_right(loaded[lane], high_shift(BITS), ASM)
+        lows, highs = _merged_fields(loaded[lane], high, others, lane, BITS, ASM)
+        lanes = lanes + (_unpack_in_order((lows[0], lows[1], highs[0], highs[1]), scales, offsets, 0, 1, 32 // W,
+                                          BITS, DTYPE, ASM),)  # fmt: skip
+    return _in_lane_order(lanes, 0, 1, W)
 
 
 @triton.jit
@@ -497,10 +631,10 @@ def sinq_gemm_kernel(
     PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy
     straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
     """
-    PER: tl.constexpr = 32 // BITS
-    WPG: tl.constexpr = GROUP // PER  # packed words per group
-    BLOCK_K: tl.constexpr = BLOCK_W * PER
+    WPG: tl.constexpr = GROUP * BITS // 32  # packed words per group
     GROUPS: tl.constexpr = BLOCK_W // WPG  # whole groups per step (the launcher makes BLOCK_W a multiple of WPG)
+    tl.static_assert(BLOCK_W == GROUPS * WPG, "BLOCK_W must be whole groups (kernels.gemm_step_words)")
+    BLOCK_K: tl.constexpr = GROUPS * GROUP
     split = tl.program_id(1)
     first = split * words_per_split
     last = tl.minimum(first + words_per_split, n_words)
@@ -512,22 +646,31 @@ def sinq_gemm_kernel(
     sz_rows = rows * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for w0 in range(first, last, BLOCK_W):
-        f = w0 + tl.arange(0, BLOCK_W)[None, :]
+        if plane_count(BITS) == 1:
+            f = w0 + tl.arange(0, BLOCK_W)[None, :]  # the step's words (a power of two of them)
         g = w0 // WPG + tl.arange(0, GROUPS)[None, :]  # [1, G]: this step's groups
-        k = w0 * PER + tl.arange(0, BLOCK_K)[None, :]  # [1, BK]: the columns of this step
+        if plane_count(BITS) == 1:
+            k = w0 * (32 // BITS) + tl.arange(0, BLOCK_K)[None, :]  # [1, BK]: the columns of this step
+        else:
+            k = (w0 // WPG) * GROUP + tl.arange(0, BLOCK_K)[None, :]
         if EVEN_K:
-            words = tl.load(q_rows + f)  # [BN, BW]
+            if plane_count(BITS) == 1:
+                words = tl.load(q_rows + f)  # [BN, BW]
             s = tl.load(s_ptr + sz_rows + g).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g).to(tl.float32)
             x_ok = m_ok & (k >= 0)
         else:  # past the slice: zero codes, scales and zero-points, so the weight tile is 0 there
-            f_ok = (f < last) & (rows >= 0)  # a full tile (Triton 3.9's interpreter wants one)
-            words = tl.load(q_rows + f, mask=f_ok, other=0)
+            if plane_count(BITS) == 1:
+                words = tl.load(q_rows + f, mask=(f < last) & (rows >= 0), other=0)  # a full tile (3.9's interpreter)
             g_ok = (g * WPG < last) & (rows >= 0)
             s = tl.load(s_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + sz_rows + g, mask=g_ok, other=0.0).to(tl.float32)
             x_ok = m_ok & (k < K)
-        w = _dequantized_tile(words, s, z, BITS, GROUPS, WPG, x_ptr.dtype.element_ty, ASM)  # [BN, BK]: s · (Q − z)
+        if plane_count(BITS) == 1:
+            w = _dequantized_tile(words, s, z, BITS, GROUPS, WPG, x_ptr.dtype.element_ty, ASM)  # [BN, BK]: s · (Q − z)
+        else:
+            w = _dequantized_plane_tile(q_ptr, tl.program_id(0) * BLOCK_N, N, stride_qn, w0, last, s, z, BITS, GROUP,
+                                        GROUPS, BLOCK_N, EVEN_K, x_ptr.dtype.element_ty, ASM)  # fmt: skip
         xv = tl.load(x_ptr + ms * stride_xm + k, mask=x_ok, other=0.0)  # [BM, BK]
         if not PRESCALED:
             t = tl.load(t_ptr + k, mask=k < K, other=0.0).to(tl.float32)

@@ -379,6 +379,45 @@ def test_codes_of_several_bit_planes_are_refused_by_the_kernels_that_cannot_read
             launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 3, 32, config=config)
 
 
+def test_kernels_take_up_to_256_rows_at_every_code_width(monkeypatch):
+    from sinq_ao import kernels
+
+    monkeypatch.setattr(kernels, "format_supported", lambda *args: True)  # as for CUDA bf16 activations
+    for bits in range(1, 9):
+        assert kernels.kernel_supports(torch.empty(256, 64), bits, 64, "1D", "asymmetric"), bits
+        assert not kernels.kernel_supports(torch.empty(257, 64), bits, 64, "1D", "asymmetric"), bits
+
+
+@requires_triton
+@pytest.mark.parametrize("bits", [1, 3, 5, 7])
+def test_default_launches_at_codes_of_several_planes_are_the_gemv_then_the_older_tensor_core_kernel(bits):
+    """Which kernels the op launches by default (recorded by a stand-in launcher, nothing runs): the GEMV for one
+    and two rows, the older tensor-core kernel for 3..256, each K step whole groups."""
+    from sinq_ao.kernels import launch
+
+    launched = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **constants: launched.append((self.kernel.fn.__name__, constants))
+
+    k, group_size = 512, 64
+    w = SINQTensor.from_hp(torch.randn(64, k), bits=bits, group_size=group_size)
+    for m in (1, 2, 3, 16, 256):
+        launched.clear()
+        x, y = torch.randn(m, k, dtype=torch.bfloat16), torch.empty(m, 64, dtype=torch.bfloat16)
+        launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, bits, group_size, launcher=Recorder)
+        names = [name for name, _ in launched]
+        if m <= 2:
+            assert names == ["sinq_gemv_kernel"], (m, names)
+        else:
+            assert names[0] == "sinq_gemm_kernel" and set(names[1:]) <= {"splitk_reduce_kernel"}, (m, names)
+            assert launched[0][1]["BLOCK_W"] % (group_size * bits // 32) == 0, (m, launched[0][1])
+
+
 @given(log_block_w=st.integers(0, 9), bits=st.integers(1, 8), group_size=st.sampled_from([32, 64, 128, 256]))
 def test_tensor_core_steps_are_whole_groups_a_power_of_two_of_them_for_several_bit_planes(log_block_w, bits,
                                                                                         group_size):  # fmt: skip

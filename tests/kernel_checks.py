@@ -85,6 +85,7 @@ INTERPRETER_CASES = [
         (5, 16, 512, 128, None),  # default tensor-core configuration (M > GEMV_MAX_M; float16: sinq_mma_kernel)
         (17, 24, 200, 64, GemmConfig(16, 32, 16)),  # K not a multiple of 32
         (70, 24, 256, 64, GemmConfig(32, 64, 16)),  # t ⊙ x computed by the caller (block_m >= 64)
+        (70, 24, 240, 32, GemmConfig(16, 64, 32 * bits // 4)),  # that, whole steps and K not a multiple of 32
     ]
 ]
 
@@ -106,6 +107,7 @@ INTERPRETER_PLANE_CASES = [
     (3, 17, 24, 200, 64, GemmConfig(16, 32, 32)),
     (3, 4, 16, 576, 128, GemmConfig(16, 16, 8)),
     (3, 70, 24, 256, 64, GemmConfig(32, 64, 16)),
+    (3, 70, 24, 200, 32, GemmConfig(16, 64, 2)),  # t ⊙ x prescaled, whole steps, K not a multiple of 32
     (1, 5, 24, 192, 64, None),
     (5, 20, 40, 320, 64, GemmConfig(16, 16, 16, split_k=2)),
     (6, 5, 24, 256, 32, None),

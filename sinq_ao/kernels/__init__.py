@@ -466,7 +466,9 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     n_words = qdata.shape[1]
     block_w = gemm_step_words(config.block_w, bits, group_size)  # whole groups per step
     words_per_split = triton.cdiv(triton.cdiv(n_words, config.split_k), block_w) * block_w
-    even_k = words_per_split * config.split_k == n_words  # every slice whole steps, none past the end
+    # every slice whole steps, none past the end, and no word holding columns past K (whose x the kernel would read
+    # unmasked when the caller prescales it)
+    even_k = words_per_split * config.split_k == n_words and n_words * 32 == k * bits
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     prescaled = config.block_m >= PRESCALE_MIN_BLOCK_M
     if prescaled:

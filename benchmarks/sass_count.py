@@ -1,11 +1,13 @@
 """Count the SASS instructions of a kernel's main loop, built for sm_90 on any machine (no GPU needed).
 
 Triton ships ptxas and nvdisasm, so the Hopper build of a kernel can be read on the CPU machine. This prints the
-number of instructions in the kernel's longest loop (its K loop) and the most frequent opcodes there; the
-counts quoted in docs/results.md come from it. Examples:
+number of instructions in the kernel's longest loop (its K loop), the most frequent opcodes there, and the
+registers and stack (local memory) per thread that cuobjdump reports; the counts quoted in docs/results.md come
+from it. Examples:
 
     python benchmarks/sass_count.py gemv BITS=4 BLOCK_N=8 GROUPS_PER_STEP=4 --num-warps 1 --num-stages 3
     python benchmarks/sass_count.py gemm BITS=4 BLOCK_N=64 BLOCK_M=16 BLOCK_W=8 --num-warps 4 --num-stages 2
+    python benchmarks/sass_count.py gemm BITS=3 BLOCK_W=6     # one group of 64 three-bit codes per step
     python benchmarks/sass_count.py mma BITS=4 BLOCK_N=64 BLOCK_M=16 --num-warps 4 --num-stages 3
     python benchmarks/sass_count.py tile BITS=4 BLOCK_M=128 BLOCK_N=128 BLOCK_W=8 --num-warps 8 --num-stages 3
 
@@ -49,16 +51,24 @@ ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_
 OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 
-def sass_of(kernel, constants: dict, num_warps: int, num_stages: int) -> str:
+def sass_of(kernel, constants: dict, num_warps: int, num_stages: int, tool: str = "nvdisasm") -> str:
+    """The sm_90 build's SASS (``tool="cuobjdump"``: its resource usage instead)."""
     aligned = [n for n in kernel.arg_names
                if n not in constants and (n.endswith("_ptr") or n.startswith("stride") or n in ALIGNED_INTS)]
     compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, aligned=aligned, num_warps=num_warps,
                                 num_stages=num_stages)  # fmt: skip
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    binary = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
+    flags = ["-c"] if tool == "nvdisasm" else ["-res-usage"]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([str(binary), *flags, cubin.name], capture_output=True, text=True, check=True).stdout
+
+
+def resources(kernel, constants: dict, num_warps: int, num_stages: int) -> tuple[int, int]:
+    """(registers, stack bytes) per thread of the sm_90 build."""
+    usage = sass_of(kernel, constants, num_warps, num_stages, tool="cuobjdump")
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
 
 
 def longest_loop(sass: str) -> list[str]:
@@ -91,7 +101,9 @@ def main(argv=None):
     sass = sass_of(kernel, constants, num_warps, num_stages)
     loop = longest_loop(sass)
     print(f"{args.kernel} {constants} warps={num_warps} stages={num_stages}")
-    print(f"kernel: {len(OPCODE.findall(sass))} instructions; main loop: {len(loop)}")
+    registers, stack = resources(kernel, constants, num_warps, num_stages)
+    print(f"kernel: {len(OPCODE.findall(sass))} instructions; main loop: {len(loop)}; {registers} registers, "
+          f"{stack} bytes of stack per thread")
     print("loop opcodes:", collections.Counter(op.split(".")[0] for op in loop).most_common(12))
 
 

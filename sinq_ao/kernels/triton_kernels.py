@@ -34,8 +34,9 @@ the codes unscaled as the register operand (its docstring), after ``mma_activati
 Other formats and more rows run ``sinq_gemm_kernel`` (its docstring), which dequantizes the codes with one fma
 each: each byte of a word is shifted once to bits 15..22, one ``lop3`` per code keeps the code's field, at bit
 e(p) = 15 + BITS · (p mod 8/BITS), and sets the bits of 2^23, giving the float 2^23 + Q · 2^e(p) exactly, and
-the fma with s · 2^-e and −s · (z + 2^(23 − e)) per group removes the bias; split-K slices are reduced with
-``splitk_reduce_kernel``.
+the fma with s · 2^-e and −s · (z + 2^(23 − e)) per group removes the bias (codes of several bit planes: the
+GEMV's merged fields, a window of them shifted to bits 15..22 at a time, _dequantized_plane_tile); split-K
+slices are reduced with ``splitk_reduce_kernel``.
 ``sinq_tile_kernel`` (after ``tile_activations_kernel``) takes 4-bit products of many rows on wide weights with the
 product not swapped (its docstring). ``dequantize_kernel`` unpacks a whole weight for the eager path beyond that.
 """
@@ -629,7 +630,8 @@ def sinq_gemm_kernel(
     (word, position) order and permutes each 32-column chunk into column order (layout v2): the [BLOCK_N,
     BLOCK_W·PER] tile of one dot. With
     PRESCALED the caller passes t ⊙ x as x (so the activation tile goes from its pipelined shared-memory copy
-    straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice.
+    straight to the tensor cores); otherwise each step scales its [BLOCK_M, BLOCK_K] slice. Codes of several bit
+    planes (BLOCK_W a power of two of whole groups) are unpacked by _dequantized_plane_tile into the same tile.
     """
     WPG: tl.constexpr = GROUP * BITS // 32  # packed words per group
     GROUPS: tl.constexpr = BLOCK_W // WPG  # whole groups per step (the launcher makes BLOCK_W a multiple of WPG)

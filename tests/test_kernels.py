@@ -532,6 +532,40 @@ def test_explicit_launch_configurations_that_cannot_compile_are_refused_by_name(
         launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, 4, 32, config=config)
 
 
+def test_launch_refuses_operands_it_would_read_or_write_out_of_bounds_by_name():
+    """launch and launch_group are public (the benchmarks' sweeps use them): wrong shapes, strides, dtypes or
+    devices raise before any kernel runs, naming the argument."""
+    from sinq_ao.kernels import launch, launch_group
+
+    w = SINQTensor.from_hp(torch.randn(32, 128), bits=3, group_size=64)
+    x, y = torch.randn(4, 128), torch.empty(4, 32)
+    operands = dict(x=x, qdata=w.qdata, scale=w.scale, zero_point=w.zero_point, act_pre_scale=w.act_pre_scale,
+                    bias=None, y=y)  # fmt: skip
+    cases = [
+        (dict(x=torch.randn(4, 200)), "qdata must have shape \\(32, 21\\)"),
+        (dict(x=torch.randn(4, 100)), "act_pre_scale must have shape \\(100,\\)"),  # same words and groups
+        (dict(x=torch.randn(128, 4).t()), "x must be \\(M, K\\) with unit column stride"),
+        (dict(y=torch.empty(4, 16)), "y must have shape \\(4, 32\\)"),
+        (dict(y=torch.empty(32, 4).t()), "y must have shape .* unit last stride"),
+        (dict(qdata=w.qdata.to(torch.int64)), "qdata must be torch.int32"),
+        (dict(scale=w.scale[:, :1]), "scale must have shape \\(32, 2\\)"),
+        (dict(zero_point=torch.cat([w.zero_point, w.zero_point], 1)[:, :2]), "same strides"),
+        (dict(act_pre_scale=w.act_pre_scale[:64]), "act_pre_scale must have shape \\(128,\\)"),
+        (dict(bias=torch.zeros(31)), "bias must have shape \\(32,\\)"),
+        (dict(qdata=w.qdata.to("meta")), "qdata is on meta, x on cpu"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            launch(**{**operands, **change}, bits=3, group_size=64)
+    with pytest.raises(ValueError, match="group_size a power of two >= 32; got bits=3, group_size=48"):
+        launch(**operands, bits=3, group_size=48)
+    weights = [(w.qdata, w.scale, w.zero_point, w.act_pre_scale)] * 2
+    with pytest.raises(ValueError, match="ys\\[1\\] must have shape \\(4, 32\\)"):
+        launch_group(x, weights, [y, torch.empty(4, 8)], 3, 64)
+    with pytest.raises(ValueError, match="one output per weight"):
+        launch_group(x, weights, [y], 3, 64)
+
+
 def test_inline_ptx_is_off_under_the_interpreter_and_on_rocm(monkeypatch):
     """The kernels' one-lop3 unpack is PTX: the interpreter and AMD GPUs (ROCm torch) get the plain and-or."""
     from sinq_ao.kernels import _inline_ptx

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..packing import SUPPORTED_BITS, bit_planes
+from ..packing import SUPPORTED_BITS, bit_planes, packed_columns
 
 try:
     import triton
@@ -277,6 +277,7 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
     GEMV_MAX_M), the register-operand tensor-core kernel for an MmaConfig (default up to MMA_MAX_M where
     ``mma_supported``), the older tensor-core kernel for a GemmConfig (default above); ``launcher`` wraps each
     kernel (``wrap_triton`` under the op)."""
+    _check_operands(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size)
     m, k = x.shape
     n = y.shape[1]
     if config is not None:
@@ -318,6 +319,41 @@ def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size
             out, bias, y, m, n, y.stride(0), SPLIT_K=config.split_k, HAS_BIAS=has_bias, BLOCK=_REDUCE_BLOCK,
         )  # fmt: skip
     return y
+
+
+def _check_operands(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size, name="", y_name="y"):
+    """A clear error, naming the argument, for operands the kernels would read or write out of bounds: x (M, K)
+    and y (M, N) with unit column stride, qdata int32 (N, packed_columns(K, bits)), scale and zero-point (N,
+    groups) with one row stride, act_pre_scale (K,), bias (N,) or None, all on x's device."""
+    if bits not in SUPPORTED_BITS or group_size < 32 or group_size % 32 or group_size & (group_size - 1):
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS} and group_size a power of two >= 32; got bits={bits}, "
+                         f"group_size={group_size}")  # fmt: skip
+    if x.dim() != 2 or x.stride(-1) != 1:
+        raise ValueError(f"x must be (M, K) with unit column stride; got shape {tuple(x.shape)}, "
+                         f"strides {x.stride()}")  # fmt: skip
+    m, k = x.shape
+    n = qdata.shape[0] if qdata.dim() == 2 else -1
+    expected = {
+        f"{name}qdata": (qdata, (n, packed_columns(k, bits)), torch.int32),
+        f"{name}scale": (scale, (n, -(-k // group_size)), None),
+        f"{name}zero_point": (zero_point, (n, -(-k // group_size)), None),
+        f"{name}act_pre_scale": (act_pre_scale, (k,), None),
+        y_name: (y, (m, n), None),
+    }
+    if bias is not None:
+        expected[f"{name}bias"] = (bias, (n,), None)
+    for arg, (tensor, shape, dtype) in expected.items():
+        if tuple(tensor.shape) != shape or tensor.stride(-1) != 1:
+            raise ValueError(f"{arg} must have shape {shape} with unit last stride for x of shape {(m, k)} and "
+                             f"{bits}-bit codes in groups of {group_size}; got shape {tuple(tensor.shape)}, strides "
+                             f"{tensor.stride()}")  # fmt: skip
+        if dtype is not None and tensor.dtype != dtype:
+            raise ValueError(f"{arg} must be {dtype}; got {tensor.dtype}")
+        if tensor.device != x.device:
+            raise ValueError(f"{arg} is on {tensor.device}, x on {x.device}")
+    if scale.stride() != zero_point.stride():
+        raise ValueError(f"{name}scale and {name}zero_point must have the same strides (the kernels index both with "
+                         f"one row stride); got {scale.stride()} and {zero_point.stride()}")  # fmt: skip
 
 
 def _inline_ptx() -> bool:
@@ -433,6 +469,10 @@ def launch_group(x, weights, ys, bits, group_size, config=None, launcher=None):
     """ys[i] = [s_i ⊙ (Q_i − z_i)] (t_i ⊙ x) for weights[i] = (Q_i, s_i, z_i, t_i), in one GEMV launch
     (``sinq_gemv_group_kernel``) with ``default_group_config``'s block sizes for all their rows together (or
     ``config``, K unsplit). ``group_supported`` must hold; each ys[i] is a contiguous (M, N_i) tensor."""
+    if len(weights) != len(ys):
+        raise ValueError(f"launch_group needs one output per weight; got {len(weights)} weights, {len(ys)} outputs")
+    for i, ((q, s, z, t), y) in enumerate(zip(weights, ys, strict=True)):
+        _check_operands(x, q, s, z, t, None, y, bits, group_size, name=f"weights[{i}].", y_name=f"ys[{i}]")
     m, k = x.shape
     if config is None:
         config = default_group_config(m, sum(y.shape[1] for y in ys), k, bits, group_size, _sm_count(x.device))

@@ -389,11 +389,9 @@ def test_kernels_take_up_to_256_rows_at_every_code_width(monkeypatch):
         assert not kernels.kernel_supports(torch.empty(257, 64), bits, 64, "1D", "asymmetric"), bits
 
 
-@requires_triton
-@pytest.mark.parametrize("bits", [1, 3, 5, 7])
-def test_default_launches_at_codes_of_several_planes_are_the_gemv_then_the_older_tensor_core_kernel(bits):
-    """Which kernels the op launches by default (recorded by a stand-in launcher, nothing runs): the GEMV for one
-    and two rows, the older tensor-core kernel for 3..256, each K step whole groups."""
+def recorded_launches(w, m, bits, group_size):
+    """(kernel name, constexprs) of each launch that launch() makes for m activation rows by default, recorded by
+    a stand-in launcher: nothing runs."""
     from sinq_ao.kernels import launch
 
     launched = []
@@ -405,18 +403,42 @@ def test_default_launches_at_codes_of_several_planes_are_the_gemv_then_the_older
         def __getitem__(self, grid):
             return lambda *args, **constants: launched.append((self.kernel.fn.__name__, constants))
 
+    x = torch.randn(m, w.shape[1], dtype=torch.bfloat16)
+    y = torch.empty(m, w.shape[0], dtype=torch.bfloat16)
+    launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, bits, group_size, launcher=Recorder)
+    return launched
+
+
+@requires_triton
+@pytest.mark.parametrize("bits", [1, 3, 5, 7])
+def test_default_launches_at_codes_of_several_planes_are_the_gemv_then_the_older_tensor_core_kernel(bits):
+    """The GEMV for one and two rows, the older tensor-core kernel for 3..256, each K step whole groups."""
     k, group_size = 512, 64
     w = SINQTensor.from_hp(torch.randn(64, k), bits=bits, group_size=group_size)
     for m in (1, 2, 3, 16, 256):
-        launched.clear()
-        x, y = torch.randn(m, k, dtype=torch.bfloat16), torch.empty(m, 64, dtype=torch.bfloat16)
-        launch(x, w.qdata, w.scale, w.zero_point, w.act_pre_scale, None, y, bits, group_size, launcher=Recorder)
+        launched = recorded_launches(w, m, bits, group_size)
         names = [name for name, _ in launched]
         if m <= 2:
             assert names == ["sinq_gemv_kernel"], (m, names)
         else:
             assert names[0] == "sinq_gemm_kernel" and set(names[1:]) <= {"splitk_reduce_kernel"}, (m, names)
             assert launched[0][1]["BLOCK_W"] % (group_size * bits // 32) == 0, (m, launched[0][1])
+
+
+@requires_triton
+def test_default_launches_at_codes_of_one_plane_follow_the_api_table():
+    """docs/api.md's table: the GEMV, the register-operand kernel where its format allows (2 bits with groups of
+    128, 4 bits with groups of 64, K whole groups), the many-row kernel for 4-bit products of many tiles, the
+    older tensor-core kernel otherwise."""
+    gemm, mma, tile = ["sinq_gemm_kernel"], ["mma_activations_kernel", "sinq_mma_kernel"], \
+        ["tile_activations_kernel", "sinq_tile_kernel"]  # fmt: skip
+    cases = [(2, 64, 64, 2, ["sinq_gemv_kernel"]), (2, 128, 64, 16, mma), (2, 64, 64, 16, gemm), (4, 64, 64, 3, mma),
+             (4, 32, 64, 16, gemm), (4, 64, 64, 17, gemm), (8, 64, 64, 16, gemm), (4, 64, 64, 256, gemm),
+             (4, 64, 12800, 256, tile), (4, 64, 12800, 128, gemm)]  # fmt: skip
+    for bits, group_size, n, m, expected in cases:
+        w = SINQTensor.from_hp(torch.randn(n, 256), bits=bits, group_size=group_size)
+        names = [name for name, _ in recorded_launches(w, m, bits, group_size) if name != "splitk_reduce_kernel"]
+        assert names == expected, (bits, group_size, n, m, names)
 
 
 @given(log_block_w=st.integers(0, 9), bits=st.integers(1, 8), group_size=st.sampled_from([32, 64, 128, 256]))

@@ -280,10 +280,11 @@ def test_many_row_kernel_only_for_4_bits_many_rows_and_enough_tiles_with_whole_s
 
 
 @requires_cuda
-def test_compiled_linear_with_a_varying_number_of_rows_matches_eager_on_every_kernel():
+@pytest.mark.parametrize("bits", [3, 4])
+def test_compiled_linear_with_a_varying_number_of_rows_matches_eager_on_every_kernel(bits):
     """torch.compile(fullgraph=True) called with several M (Dynamo makes M dynamic from the second size): the
-    GEMV, the register-operand kernel and the older tensor-core kernel are all traced with a symbolic M."""
-    w = SINQTensor.from_hp(torch.randn(384, 512, device="cuda", dtype=torch.bfloat16), bits=4, group_size=64)
+    GEMV, the register-operand kernel (4 bits) and the older tensor-core kernel are all traced with a symbolic M."""
+    w = SINQTensor.from_hp(torch.randn(384, 512, device="cuda", dtype=torch.bfloat16), bits=bits, group_size=64)
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: torch.nn.functional.linear(x, w), fullgraph=True)
     for m in (3, 16, 9, 2, 40, 100, 1):

@@ -589,6 +589,24 @@ def test_launch_refuses_operands_it_would_read_or_write_out_of_bounds_by_name():
         launch_group(x, weights, [y], 3, 64)
 
 
+def test_kernel_fuzz_draws_only_cases_the_launcher_accepts():
+    """tests/kernel_fuzz.py's misses should mean kernel bugs: every drawn configuration compiles (_check_config) and
+    each register-operand or many-row case is a format that kernel reads."""
+    import random
+
+    from sinq_ao.kernels import MmaConfig, TileConfig, _check_config, mma_supported, tile_supported
+    from tests.kernel_fuzz import draw_case
+
+    rng = random.Random(0)
+    for _ in range(500):
+        kind, bits, m, n, k, group_size, dtype, config = draw_case(rng)
+        if config is not None:
+            _check_config(config)
+        x = torch.empty(m, k, dtype=dtype)
+        assert not isinstance(config, MmaConfig) or mma_supported(x, bits, group_size), (bits, k, group_size)
+        assert not isinstance(config, TileConfig) or tile_supported(x, bits, group_size), (bits, k, group_size)
+
+
 def test_inline_ptx_is_off_under_the_interpreter_and_on_rocm(monkeypatch):
     """The kernels' one-lop3 unpack is PTX: the interpreter and AMD GPUs (ROCm torch) get the plain and-or."""
     from sinq_ao.kernels import _inline_ptx

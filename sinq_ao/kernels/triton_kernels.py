@@ -52,27 +52,32 @@ def exponent(p, bits):
 
 
 @triton.jit
-def _byte_at_bit15(words, BYTE: tl.constexpr):
-    """The words shifted so that byte BYTE sits at bits 15..22 (the fields of its codes at bits e(p))."""
-    if BYTE * 8 <= 15:
-        return words << (15 - BYTE * 8)
+def _shifted_left(words, SHIFT: tl.constexpr):
+    """The words shifted left by SHIFT bits (right by −SHIFT when negative)."""
+    if SHIFT >= 0:
+        return words << SHIFT
     else:
-        return words >> (BYTE * 8 - 15)
+        return words >> -SHIFT
 
 
 @triton.jit
-def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """The bits of the float 2^23 + Q · 2^e(p) for code P of each word: one shift per byte (shared by its codes),
-    then the field's and-or with 2^23's bits, one lop3 (ptxas splits the plain `&` then `|` into two)."""
-    MASK: tl.constexpr = (1 << BITS) - 1
+def _magic_field(shifted, FIELD: tl.constexpr, ASM: tl.constexpr):
+    """The bits of the float 2^23 + Q · 2^e for the field FIELD (a code at bits e..e+bits−1, e >= 15, of the shifted
+    words): the field's and-or with 2^23's bits, one lop3 (ptxas splits the plain `&` then `|` into two)."""
     MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
-    FIELD: tl.constexpr = MASK << exponent(P, BITS)
-    shifted = _byte_at_bit15(words, P * BITS // 8)
     if ASM:
         return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
                                          dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
     else:  # the interpreter and AMD GPUs run no PTX
         return (shifted & FIELD) | MAGIC
+
+
+@triton.jit
+def _code_bits(words, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The bits of the float 2^23 + Q · 2^e(p) for code P of each word: the word shifted so that byte (P · BITS) // 8
+    sits at bits 15..22 (one shift per byte, shared by its codes), then _magic_field."""
+    FIELD: tl.constexpr = ((1 << BITS) - 1) << exponent(P, BITS)
+    return _magic_field(_shifted_left(words, 15 - (P * BITS // 8) * 8), FIELD, ASM)
 
 
 # Codes of 3, 5, 6 and 7 bits are stored in bit planes (sinq_ao.packing.bit_planes): the widths 8, 4, 2, 1 that
@@ -269,21 +274,9 @@ def _merged_fields(words, high, others, lane, BITS: tl.constexpr, ASM: tl.conste
 def _window_code_bits(sources, P: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
     """The bits of the float 2^23 + Q · 2^e(P) for code P of codes of several bit planes, from _merged_fields'
     words (``sources``): the word shifted so that P's window sits at bits 15..22 (one shift per window, shared by
-    its codes), then the field's and-or with 2^23's bits (one lop3)."""
-    MASK: tl.constexpr = (1 << BITS) - 1
-    MAGIC: tl.constexpr = 0x4B000000  # the bits of 2.0**23 as a float32
-    FIELD: tl.constexpr = MASK << class_exponent(code_class(P, BITS), BITS)
-    SHIFT: tl.constexpr = window_shift(P, BITS)
-    word = sources[merged_source(P, BITS)[0]]
-    if SHIFT >= 0:
-        shifted = word << SHIFT
-    else:
-        shifted = word >> -SHIFT
-    if ASM:
-        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,n,n", [shifted, FIELD, MAGIC],
-                                         dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
-    else:
-        return (shifted & FIELD) | MAGIC
+    its codes), then _magic_field."""
+    FIELD: tl.constexpr = ((1 << BITS) - 1) << class_exponent(code_class(P, BITS), BITS)
+    return _magic_field(_shifted_left(sources[merged_source(P, BITS)[0]], window_shift(P, BITS)), FIELD, ASM)
 
 
 @triton.jit
@@ -647,6 +640,8 @@ def sinq_gemm_kernel(
     q_rows = q_ptr + rows.to(tl.int64) * stride_qn
     sz_rows = rows * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    # The one-plane statements keep the order they had before codes of several planes came in (their sm_90 SASS is
+    # byte for byte the same), hence the repeated compile-time branches.
     for w0 in range(first, last, BLOCK_W):
         if plane_count(BITS) == 1:
             f = w0 + tl.arange(0, BLOCK_W)[None, :]  # the step's words (a power of two of them)

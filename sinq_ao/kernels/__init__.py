@@ -267,9 +267,14 @@ def format_supported(x: torch.Tensor, bits: int, group_size: int, tiling: str, s
         and bits in GEMV_BITS
         and tiling == "1D"
         and scheme in ("asymmetric", "symmetric")
-        and group_size % 32 == 0
-        and group_size & (group_size - 1) == 0  # a power of two: the kernels tile groups with tl.arange
+        and group_size_supported(group_size)
     )
+
+
+def group_size_supported(group_size: int) -> bool:
+    """Whether the kernels take groups of this many codes: whole 32-code chunks, and a power of two (the kernels
+    tile groups with tl.arange)."""
+    return group_size >= 32 and group_size % 32 == 0 and group_size & (group_size - 1) == 0
 
 
 def launch(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, group_size, config=None, launcher=None):
@@ -325,7 +330,7 @@ def _check_operands(x, qdata, scale, zero_point, act_pre_scale, bias, y, bits, g
     """A clear error, naming the argument, for operands the kernels would read or write out of bounds: x (M, K)
     and y (M, N) with unit column stride, qdata int32 (N, packed_columns(K, bits)), scale and zero-point (N,
     groups) with one row stride, act_pre_scale (K,), bias (N,) or None, all on x's device."""
-    if bits not in SUPPORTED_BITS or group_size < 32 or group_size % 32 or group_size & (group_size - 1):
+    if bits not in SUPPORTED_BITS or not group_size_supported(group_size):
         raise ValueError(f"bits must be one of {SUPPORTED_BITS} and group_size a power of two >= 32; got bits={bits}, "
                          f"group_size={group_size}")  # fmt: skip
     if x.dim() != 2 or x.stride(-1) != 1:
@@ -405,8 +410,8 @@ def vector_thread_rows(block_n: int, groups_per_step: int, num_warps: int, bits:
 
 
 def _whole_steps(n_words: int, words_per_split: int, split_k: int, step: int, k: int, bits: int) -> bool:
-    """The GEMV's EVEN_K: every K slice is whole steps of ``step`` words, the slices cover the row exactly and no
-    word holds columns past K, so every load is unmasked."""
+    """EVEN_K of the GEMV and the older tensor-core kernel: every K slice is whole steps of ``step`` words, the
+    slices cover the row exactly and no word holds columns past K, so every load is unmasked."""
     return words_per_split % step == 0 and words_per_split * split_k == n_words and n_words * 32 == k * bits
 
 
@@ -506,9 +511,8 @@ def _launch_gemm(wrap, config, x, qdata, scale, zero_point, act_pre_scale, bias,
     n_words = qdata.shape[1]
     block_w = gemm_step_words(config.block_w, bits, group_size)  # whole groups per step
     words_per_split = triton.cdiv(triton.cdiv(n_words, config.split_k), block_w) * block_w
-    # every slice whole steps, none past the end, and no word holding columns past K (whose x the kernel would read
-    # unmasked when the caller prescales it)
-    even_k = words_per_split * config.split_k == n_words and n_words * 32 == k * bits
+    # no word holding columns past K either: the unmasked kernel would read x there when the caller prescales it
+    even_k = _whole_steps(n_words, words_per_split, config.split_k, block_w, k, bits)
     grid = (triton.cdiv(n, config.block_n), config.split_k, triton.cdiv(m, config.block_m))
     prescaled = config.block_m >= PRESCALE_MIN_BLOCK_M
     if prescaled:

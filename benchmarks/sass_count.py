@@ -51,23 +51,31 @@ ALIGNED_INTS = ("N", "K", "n_words", "words_per_split", "n_groups", "groups_per_
 OPCODE = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 
 
-def sass_of(kernel, constants: dict, num_warps: int, num_stages: int, tool: str = "nvdisasm") -> str:
-    """The sm_90 build's SASS (``tool="cuobjdump"``: its resource usage instead)."""
+def cubin_of(kernel, constants: dict, num_warps: int, num_stages: int) -> bytes:
+    """The kernel's sm_90 build (pointers, strides and sizes specialised as multiples of 16)."""
     aligned = [n for n in kernel.arg_names
                if n not in constants and (n.endswith("_ptr") or n.startswith("stride") or n in ALIGNED_INTS)]
     compiled = compile_for_sm90(kernel, constants, POINTER_TYPES, aligned=aligned, num_warps=num_warps,
                                 num_stages=num_stages)  # fmt: skip
+    return compiled.asm["cubin"]
+
+
+def _inspect(cubin: bytes, tool: str, *flags: str) -> str:
+    """The output of one of Triton's CUDA tools (nvdisasm, cuobjdump) on a cubin."""
     binary = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool
-    flags = ["-c"] if tool == "nvdisasm" else ["-res-usage"]
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        return subprocess.run([str(binary), *flags, cubin.name], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        return subprocess.run([str(binary), *flags, file.name], capture_output=True, text=True, check=True).stdout
 
 
-def resources(kernel, constants: dict, num_warps: int, num_stages: int) -> tuple[int, int]:
-    """(registers, stack bytes) per thread of the sm_90 build."""
-    usage = sass_of(kernel, constants, num_warps, num_stages, tool="cuobjdump")
+def sass_of(kernel, constants: dict, num_warps: int, num_stages: int) -> str:
+    return _inspect(cubin_of(kernel, constants, num_warps, num_stages), "nvdisasm", "-c")
+
+
+def resources(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack bytes) per thread of a build (cuobjdump -res-usage)."""
+    usage = _inspect(cubin, "cuobjdump", "-res-usage")
     return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
 
 
@@ -98,10 +106,11 @@ def main(argv=None):
         if name not in constants:
             parser.error(f"{name!r} is not a constexpr of {args.kernel}: choose from {sorted(constants)}")
         constants[name] = value == "True" if value in ("True", "False") else int(value)
-    sass = sass_of(kernel, constants, num_warps, num_stages)
+    cubin = cubin_of(kernel, constants, num_warps, num_stages)
+    sass = _inspect(cubin, "nvdisasm", "-c")
     loop = longest_loop(sass)
     print(f"{args.kernel} {constants} warps={num_warps} stages={num_stages}")
-    registers, stack = resources(kernel, constants, num_warps, num_stages)
+    registers, stack = resources(cubin)
     print(f"kernel: {len(OPCODE.findall(sass))} instructions; main loop: {len(loop)}; {registers} registers, "
           f"{stack} bytes of stack per thread")
     print("loop opcodes:", collections.Counter(op.split(".")[0] for op in loop).most_common(12))
